@@ -1,0 +1,189 @@
+"""Open and verify model packages (see docs/package-format.md).
+
+Opening reads and validates ``manifest.json`` and maps the arrays with
+``np.load(mmap_mode="r", allow_pickle=False)``: nothing is decoded, so opening
+costs the same for a 2-second and a 2-hour package. :func:`verify` re-hashes
+every file and is what ``lipsync-pack verify`` runs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
+
+import numpy as np
+
+from .errors import PackageError
+
+FORMAT_NAME = "lipsync-package"
+FORMAT_VERSION = "1.0"          # major.minor; readers refuse another major
+MANIFEST = "manifest.json"
+SCHEMA_PATH = Path(__file__).with_name("schema") / "manifest.schema.json"
+
+# Frame flags (flags.npy, uint8), one per frame.
+FLAG_MEASURED = 0       # landmarks measured on this frame
+FLAG_INTERPOLATED = 1   # face lost briefly; landmarks interpolated from neighbours
+FLAG_LOST = 2           # face lost for long; landmarks held from the nearest frame, do not train on it
+
+
+def _schema() -> dict:
+    return json.loads(SCHEMA_PATH.read_text())
+
+
+def validate_manifest(manifest: object, where: str = MANIFEST) -> dict:
+    """Check a manifest against the version rule and the JSON schema.
+
+    Raises
+    ------
+    PackageError
+        Naming the first offending field and how to fix it.
+    """
+    import jsonschema
+
+    if not isinstance(manifest, dict):
+        raise PackageError(f"{where}: expected a JSON object, got {type(manifest).__name__}")
+    if manifest.get("format") != FORMAT_NAME:
+        raise PackageError(f"{where}: format is {manifest.get('format')!r}, expected {FORMAT_NAME!r};"
+                           " is this a lipsync package folder?")
+    version = str(manifest.get("format_version", ""))
+    if version.split(".")[0] != FORMAT_VERSION.split(".")[0]:
+        raise PackageError(f"{where}: format_version {version!r} is not readable by this reader"
+                           f" (reads {FORMAT_VERSION.split('.')[0]}.x); rebuild the package or upgrade")
+    validator = jsonschema.Draft202012Validator(_schema())
+    errors = sorted(validator.iter_errors(manifest), key=lambda e: list(e.path))
+    if errors:
+        e = errors[0]
+        path = "/".join(str(p) for p in e.path) or "(top level)"
+        raise PackageError(f"{where}: field {path}: {e.message}")
+    return manifest
+
+
+def read_manifest(path: str | Path) -> dict:
+    """Read and validate ``PATH/manifest.json``."""
+    root = Path(path)
+    mpath = root / MANIFEST
+    if not root.is_dir():
+        raise PackageError(f"{root}: no such package folder; build one with `lipsync-pack build VIDEO -o {root}`")
+    if not mpath.is_file():
+        raise PackageError(f"{mpath}: missing; {root} is not a package (or its build did not finish)")
+    try:
+        manifest = json.loads(mpath.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise PackageError(f"{mpath}: not valid JSON ({exc}); the package is corrupt, rebuild it") from None
+    return validate_manifest(manifest, str(mpath))
+
+
+def sha256_file(path: str | Path, chunk: int = 1 << 22) -> str:
+    """Hex sha256 of a file's bytes, read in 4 MiB chunks."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+@dataclass
+class Package:
+    """A model package opened for reading; arrays are memory-mapped on first use.
+
+    Attributes
+    ----------
+    root : Path
+    manifest : dict
+        The validated manifest.
+    """
+
+    root: Path
+    manifest: dict
+    _arrays: dict = field(default_factory=dict, repr=False)
+
+    @classmethod
+    def open(cls, path: str | Path) -> "Package":
+        """Validate the manifest and check that every listed file is present."""
+        root = Path(path)
+        manifest = read_manifest(root)
+        missing = [name for name in manifest["files"] if not (root / name).is_file()]
+        if missing:
+            raise PackageError(f"{root}: missing file {missing[0]}; the package is incomplete, rebuild it")
+        return cls(root=root, manifest=manifest)
+
+    def array(self, name: str) -> np.ndarray:
+        """Memory-map ``NAME.npy`` read-only, checking dtype and shape against the manifest."""
+        if name not in self._arrays:
+            fname = f"{name}.npy"
+            entry = self.manifest["files"].get(fname)
+            if entry is None:
+                raise PackageError(f"{self.root}: no array {fname} in this package")
+            try:
+                arr = np.load(self.root / fname, mmap_mode="r", allow_pickle=False)
+            except (ValueError, OSError) as exc:
+                raise PackageError(f"{self.root / fname}: unreadable ({exc}); run `lipsync-pack verify`") from None
+            if str(arr.dtype) != entry["dtype"] or list(arr.shape) != entry["shape"]:
+                raise PackageError(f"{self.root / fname}: holds {arr.dtype}{list(arr.shape)}, manifest says"
+                                   f" {entry['dtype']}{entry['shape']}; the package is corrupt, rebuild it")
+            self._arrays[name] = arr
+        return self._arrays[name]
+
+    @property
+    def name(self) -> str:
+        return self.manifest["name"]
+
+    @property
+    def fps(self) -> float:
+        return float(self.manifest["video"]["fps"])
+
+    @property
+    def frames(self) -> int:
+        return int(self.manifest["video"]["frames"])
+
+    @cached_property
+    def train_range(self) -> range:
+        """Frames that generators and training may use (the held-out tail excluded)."""
+        return range(*self.manifest["split"]["train_frames"])
+
+    @cached_property
+    def holdout_range(self) -> range:
+        return range(*self.manifest["split"]["holdout_frames"])
+
+    crops = property(lambda self: self.array("crops"), doc="uint8 [N, S, S, 3] RGB face crops")
+    landmarks = property(lambda self: self.array("landmarks"), doc="float32 [N, 68, 2] in crop pixels")
+    boxes = property(lambda self: self.array("boxes"), doc="int32 [N, 4] crop boxes in source pixels")
+    mouth_boxes = property(lambda self: self.array("mouth_boxes"), doc="float32 [N, 4] in crop pixels")
+    flags = property(lambda self: self.array("flags"), doc="uint8 [N] FLAG_* per frame")
+    mel = property(lambda self: self.array("mel"), doc="float32 [M, 80] log-mel features")
+
+
+def verify(path: str | Path) -> list[str]:
+    """Re-hash every file of a package.
+
+    Returns
+    -------
+    list of str
+        The names of the files checked, in manifest order.
+
+    Raises
+    ------
+    PackageError
+        Naming the first missing, resized or altered file.
+    """
+    root = Path(path)
+    manifest = read_manifest(root)
+    checked = []
+    for name, entry in manifest["files"].items():
+        fpath = root / name
+        if not fpath.is_file():
+            raise PackageError(f"{fpath}: missing; the package is incomplete, rebuild it")
+        size = fpath.stat().st_size
+        if size != entry["bytes"]:
+            raise PackageError(f"{fpath}: {size} bytes, manifest says {entry['bytes']}; the file was altered")
+        if sha256_file(fpath) != entry["sha256"]:
+            raise PackageError(f"{fpath}: sha256 does not match the manifest; the file was altered or corrupted")
+        checked.append(name)
+    pkg = Package.open(root)  # and check each array's dtype/shape header
+    for name in manifest["files"]:
+        if name.endswith(".npy"):
+            pkg.array(name[:-4])
+    return checked

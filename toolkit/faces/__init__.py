@@ -1,0 +1,59 @@
+"""Landmark backends, chosen by name from an explicit registry.
+
+=================  ==============================================  ==========
+name               what it runs                                    device
+=================  ==============================================  ==========
+``dlib``           HOG detector + 68-point shape predictor         CPU
+``face-alignment`` S3FD detector + 2D-FAN-4 network (torch)        CPU, CUDA
+``auto``           face-alignment when its weights are on disk,
+                   else dlib
+=================  ==============================================  ==========
+"""
+
+from __future__ import annotations
+
+import importlib
+
+from runtime.errors import InputError
+
+from . import dlib_backend, fa_backend
+from .base import MOUTH, N_POINTS, LandmarkBackend
+
+# name -> "module:Class"; imported only when chosen, so dlib or torch load only if used.
+BACKENDS = {
+    "dlib": "toolkit.faces.dlib_backend:DlibBackend",
+    "face-alignment": "toolkit.faces.fa_backend:FaceAlignmentBackend",
+}
+AVAILABLE = {
+    "dlib": dlib_backend.available,
+    "face-alignment": fa_backend.available,
+}
+CHOICES = ("auto", *BACKENDS)
+
+
+def resolve(name: str) -> tuple[str, str]:
+    """Turn ``auto`` into a concrete backend name.
+
+    Returns
+    -------
+    (name, reason) : tuple of str
+        ``reason`` says why ``auto`` chose it (empty for an explicit name).
+    """
+    if name != "auto":
+        if name not in BACKENDS:
+            raise InputError(f"--landmarks {name}: unknown backend; choose one of {', '.join(CHOICES)}")
+        return name, ""
+    if AVAILABLE["face-alignment"]():
+        return "face-alignment", "auto: face-alignment weights found"
+    missing = ", ".join(p.name for p in fa_backend.missing_weights())
+    return "dlib", f"auto: using dlib (face-alignment weights not on disk: {missing})"
+
+
+def create(name: str, device: str = "cpu") -> LandmarkBackend:
+    """Instantiate the backend registered under ``name`` (not ``auto``)."""
+    module_name, _, class_name = BACKENDS[name].partition(":")
+    cls = getattr(importlib.import_module(module_name), class_name)
+    return cls(device=device)
+
+
+__all__ = ["BACKENDS", "CHOICES", "LandmarkBackend", "MOUTH", "N_POINTS", "create", "resolve"]

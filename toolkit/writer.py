@@ -1,0 +1,146 @@
+"""Write a package atomically: build in a hidden sibling folder, rename at the end.
+
+A reader never sees a half-written package: until :meth:`PackageWriter.commit`
+renames ``.NAME.partial-PID`` to ``NAME``, the package does not exist. An
+interrupted build leaves only the hidden folder, which the next build into the
+same parent removes once its process is gone. Replacing a package (``--force``)
+moves the old folder aside and deletes it only after the new one is in place, so
+a server that has the old files memory-mapped keeps reading intact files.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+from pathlib import Path
+
+import numpy as np
+
+from runtime.errors import InputError
+from runtime.package import MANIFEST, sha256_file, validate_manifest
+
+NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+MEDIA_TYPES = {".wav": "audio/wav", ".mp4": "video/mp4", ".png": "image/png",
+               ".json": "application/json", ".safetensors": "application/octet-stream"}
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def write_bytes_atomic(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` through a temporary name in the same folder."""
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+class PackageWriter:
+    """Collects a package's files in a temporary folder; :meth:`commit` publishes it.
+
+    Use as a context manager: leaving the block with an exception removes the
+    temporary folder.
+
+    Raises
+    ------
+    InputError
+        The name is not allowed, the package exists (without ``force``), the
+        destination is not a package, or the folder cannot be written.
+    """
+
+    def __init__(self, dest: str | Path, force: bool = False):
+        self.dest = Path(dest).absolute()
+        self.name = self.dest.name
+        if not NAME_RE.match(self.name):
+            raise InputError(f"-o {dest}: the package name {self.name!r} must be 1-64 letters, digits, '.', '_'"
+                             " or '-', starting with a letter or digit")
+        if self.dest.exists() and not force:
+            raise InputError(f"{dest} already exists; pass --force to replace it, or choose another -o")
+        if self.dest.exists() and not self._replaceable(self.dest):
+            raise InputError(f"{dest} exists and is not a lipsync package; refusing to replace it")
+        self.force = force
+        self.tmp = self.dest.parent / f".{self.name}.partial-{os.getpid()}"
+        try:
+            self.dest.parent.mkdir(parents=True, exist_ok=True)
+            self._remove_stale()
+            self.tmp.mkdir()
+            probe = self.tmp / ".write-test"
+            probe.write_bytes(b"ok")
+            probe.unlink()
+        except OSError as exc:
+            shutil.rmtree(self.tmp, ignore_errors=True)
+            raise InputError(f"cannot write the package at {dest}: {exc.strerror or exc};"
+                             " choose a writable folder with -o") from None
+
+    @staticmethod
+    def _replaceable(path: Path) -> bool:
+        return path.is_dir() and ((path / MANIFEST).is_file() or not any(path.iterdir()))
+
+    def _remove_stale(self) -> None:
+        for old in self.dest.parent.glob(f".{self.name}.partial-*"):
+            pid = old.name.rsplit("-", 1)[-1]
+            if pid.isdigit() and not _pid_alive(int(pid)):
+                shutil.rmtree(old, ignore_errors=True)
+
+    def __enter__(self) -> "PackageWriter":
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is not None:
+            self.abort()
+
+    def path(self, name: str) -> Path:
+        """Where to write file ``name`` before the commit."""
+        return self.tmp / name
+
+    def array(self, name: str, shape: tuple, dtype) -> np.memmap:
+        """A writable ``.npy`` memmap, for arrays filled frame by frame."""
+        return np.lib.format.open_memmap(self.path(name), mode="w+", dtype=dtype, shape=shape)
+
+    def save(self, name: str, arr: np.ndarray) -> None:
+        np.save(self.path(name), np.ascontiguousarray(arr), allow_pickle=False)
+
+    def _describe(self, name: str) -> dict:
+        path = self.path(name)
+        entry = {"sha256": sha256_file(path), "bytes": path.stat().st_size}
+        if name.endswith(".npy"):
+            arr = np.load(path, mmap_mode="r", allow_pickle=False)
+            entry.update(dtype=str(arr.dtype), shape=list(arr.shape))
+        else:
+            entry["media_type"] = MEDIA_TYPES.get(path.suffix, "application/octet-stream")
+        return entry
+
+    def commit(self, manifest: dict) -> dict:
+        """Hash every file, write ``manifest.json`` and move the package into place.
+
+        Returns
+        -------
+        dict
+            The manifest as written, with its ``files`` table.
+        """
+        names = sorted(p.name for p in self.tmp.iterdir() if not p.name.startswith("."))
+        manifest = dict(manifest, files={n: self._describe(n) for n in names if n != MANIFEST})
+        validate_manifest(manifest, "manifest being written")
+        write_bytes_atomic(self.path(MANIFEST), (json.dumps(manifest, indent=2) + "\n").encode())
+        old = None
+        if self.dest.exists():
+            old = self.dest.parent / f".{self.name}.old-{os.getpid()}"
+            os.replace(self.dest, old)
+        os.replace(self.tmp, self.dest)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+        return manifest
+
+    def abort(self) -> None:
+        shutil.rmtree(self.tmp, ignore_errors=True)
