@@ -142,7 +142,7 @@ def crop_all(normalised: Path, boxes: np.ndarray, size: int, crops: np.ndarray,
     Returns the full frames listed in ``keep`` (for the contact sheet).
     """
     info = video.probe(normalised)
-    kept, n = {}, len(boxes)
+    kept, n, done = {}, len(boxes), 0
     with _bar(n, "crop", show) as bar:
         for i, frame in enumerate(video.iter_frames(info, info.fps)):
             if i >= n:
@@ -150,9 +150,10 @@ def crop_all(normalised: Path, boxes: np.ndarray, size: int, crops: np.ndarray,
             crops[i] = crop_frame(frame, boxes[i], size)
             if i in keep:
                 kept[i] = frame.copy()
+            done += 1
             bar.update()
-    if len(kept) < len(keep) or i < n - 1:
-        raise InputError(f"{normalised}: re-reading the normalised video gave {i + 1} of {n} frames")
+    if done < n:
+        raise InputError(f"{normalised}: re-reading the normalised video gave {done} of {n} frames")
     return kept
 
 

@@ -29,8 +29,12 @@ def _fail(exc: LipsyncError) -> None:
     sys.exit(exc.exit_code)
 
 
+class Terminated(Exception):
+    """SIGTERM arrived; raised so the writer's cleanup runs before the exit."""
+
+
 def _sigterm(signum, frame):
-    raise SystemExit(128 + signum)      # unwinds through the writer, which removes its temp folder
+    raise Terminated()
 
 
 @click.group(context_settings={"auto_envvar_prefix": "LIPSYNC_PACK", "help_option_names": ["-h", "--help"]})
@@ -61,16 +65,19 @@ def build(video, out, fps, crop_size, holdout, landmarks, device, audio, force, 
     from .build import BuildConfig, build_package
 
     out = out or Path("models") / video.stem
-    log = (lambda msg: None) if quiet or as_json else (lambda msg: click.echo(msg, err=True))
+    notes: list[str] = []          # printed after a successful build, so a failure prints one line
     try:
         cfg = BuildConfig(fps=fps, crop_size=crop_size, holdout=holdout, landmarks=landmarks, device=device)
         result = build_package(video, out, cfg, audio=audio, force=force,
-                               progress=not quiet and not as_json and sys.stderr.isatty(), log=log)
+                               progress=not quiet and not as_json and sys.stderr.isatty(), log=notes.append)
     except LipsyncError as exc:
         _fail(exc)
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, Terminated) as exc:
         click.echo("error: interrupted; no package was written", err=True)
-        sys.exit(130)
+        sys.exit(143 if isinstance(exc, Terminated) else 130)
+    if not quiet and not as_json:
+        for note in notes:
+            click.echo(note, err=True)
     if as_json:
         click.echo(json.dumps(result.summary(), indent=2))
     elif not quiet:

@@ -35,7 +35,9 @@ def crop_frame(frame: np.ndarray, box: np.ndarray, size: int) -> np.ndarray:
     patch = frame[max(0, y0):min(h, y1), max(0, x0):min(w, x1)]
     if pad_l or pad_t or pad_r or pad_b:
         patch = cv2.copyMakeBorder(patch, pad_t, pad_b, pad_l, pad_r, cv2.BORDER_REPLICATE)
-    interp = cv2.INTER_AREA if patch.shape[0] > size else cv2.INTER_CUBIC
+    # INTER_AREA only where shrinking enough to alias; it is 3x slower than bilinear at mild factors.
+    shrink = patch.shape[0] / size
+    interp = cv2.INTER_AREA if shrink > 1.5 else cv2.INTER_LINEAR if shrink >= 1 else cv2.INTER_CUBIC
     return cv2.resize(patch, (size, size), interpolation=interp)
 
 

@@ -71,6 +71,11 @@ class PackageWriter:
             raise InputError(f"{dest} exists and is not a lipsync package; refusing to replace it")
         self.force = force
         self.tmp = self.dest.parent / f".{self.name}.partial-{os.getpid()}"
+        blocker = next((p for p in [self.dest.parent, *self.dest.parent.parents] if p.exists()), None)
+        if blocker is not None and not blocker.is_dir():
+            raise InputError(f"cannot write the package at {dest}: {blocker} is a file, not a folder;"
+                             " choose another -o")
+        self._made = [p for p in [self.dest.parent, *self.dest.parent.parents] if not p.exists()]
         try:
             self.dest.parent.mkdir(parents=True, exist_ok=True)
             self._remove_stale()
@@ -143,4 +148,10 @@ class PackageWriter:
         return manifest
 
     def abort(self) -> None:
+        """Remove the temporary folder, and any parent folders this writer created, if empty."""
         shutil.rmtree(self.tmp, ignore_errors=True)
+        for folder in self._made:       # innermost first
+            try:
+                folder.rmdir()
+            except OSError:
+                break

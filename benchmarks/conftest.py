@@ -1,0 +1,1 @@
+from tests.conftest import AUDIO, DATA, ROOT, VIDEOS  # noqa: F401  (same media as the tests)
