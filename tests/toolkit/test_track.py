@@ -72,3 +72,17 @@ def test_smoothing_stays_inside_runs():
     usable[10] = False
     out = smooth_runs(x, 3.0, usable)
     assert np.all(out[:10] == 0)           # the jump to 100 never leaks back across the gap
+
+
+def test_gaussian_matches_scipy():
+    from scipy.ndimage import gaussian_filter1d
+
+    from toolkit.smooth import gaussian1d
+
+    x = np.random.default_rng(1).normal(size=(50, 3))
+    for sigma in (1.0, 2.0, 6.0):
+        np.testing.assert_allclose(gaussian1d(x, sigma), gaussian_filter1d(x, sigma, axis=0, mode="nearest"),
+                                   atol=1e-12)
+    short = x[:3]                          # shorter than the kernel: edges repeat
+    np.testing.assert_allclose(gaussian1d(short, 6.0), gaussian_filter1d(short, 6.0, axis=0, mode="nearest"),
+                               atol=1e-12)
