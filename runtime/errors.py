@@ -48,7 +48,7 @@ class FFmpegError(LipsyncError):
 
     def __init__(self, message: str, stderr: str = ""):
         self.stderr = stderr
-        tail = _last_line(stderr)
+        tail = last_line(stderr)
         super().__init__(f"{message} (ffmpeg: {tail})" if tail else message)
 
 
@@ -58,6 +58,7 @@ class PackageError(LipsyncError):
     exit_code = 5
 
 
-def _last_line(text: str) -> str:
+def last_line(text: str) -> str:
+    """The last non-blank line of a tool's output (ffmpeg puts the reason there)."""
     lines = [ln.strip() for ln in (text or "").splitlines() if ln.strip()]
     return lines[-1] if lines else ""

@@ -17,7 +17,7 @@ from typing import Iterator
 import ffmpeg
 import numpy as np
 
-from runtime.errors import FFmpegError, InputError
+from runtime.errors import FFmpegError, InputError, last_line
 
 MIN_DURATION_S = 1.0
 
@@ -71,7 +71,7 @@ def probe(path: str | Path) -> VideoInfo:
         raise FFmpegError("ffprobe is not installed; install ffmpeg (apt-get install ffmpeg)") from None
     except ffmpeg.Error as exc:
         stderr = exc.stderr.decode(errors="replace") if exc.stderr else ""
-        raise InputError(f"{path}: not a readable video ({_tail(stderr)}); give an mp4/mov/mkv file") from None
+        raise InputError(f"{path}: not a readable video ({last_line(stderr) or 'no detail'}); give an mp4/mov/mkv file") from None
     streams = info.get("streams", [])
     video = next((s for s in streams if s.get("codec_type") == "video"
                   and not (s.get("disposition") or {}).get("attached_pic")), None)
@@ -99,11 +99,6 @@ def _rate(text: str | None) -> float:
         return float(num) / float(den or 1)
     except (ValueError, ZeroDivisionError):
         return 0.0
-
-
-def _tail(text: str) -> str:
-    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
-    return lines[-1] if lines else "no detail"
 
 
 class _StderrDrain(threading.Thread):
@@ -147,14 +142,16 @@ def iter_frames(info: VideoInfo, fps: float, encode_to: str | Path | None = None
         (a truncated file).
     """
     stream = ffmpeg.input(str(info.path)).video.filter("fps", fps=fps)
-    raw = ffmpeg.output(stream, "pipe:", format="rawvideo", pix_fmt="rgb24")
-    if encode_to is not None:
-        split = stream.split()
-        raw = ffmpeg.output(split[0], "pipe:", format="rawvideo", pix_fmt="rgb24")
-        enc = ffmpeg.output(split[1], str(encode_to), vcodec="libx264", crf=crf, preset=preset,
-                            pix_fmt="yuv420p", movflags="+faststart", an=None)
-        raw = ffmpeg.merge_outputs(raw, enc)
-    args = raw.global_args("-nostdin", "-v", "error", "-y").compile()
+    if encode_to is None:
+        graph = ffmpeg.output(stream, "pipe:", format="rawvideo", pix_fmt="rgb24")
+    else:
+        split = stream.split()          # a node indexed by output, not a tuple
+        to_pipe, to_file = split[0], split[1]
+        graph = ffmpeg.merge_outputs(
+            ffmpeg.output(to_pipe, "pipe:", format="rawvideo", pix_fmt="rgb24"),
+            ffmpeg.output(to_file, str(encode_to), vcodec="libx264", crf=crf, preset=preset,
+                          pix_fmt="yuv420p", movflags="+faststart", an=None))
+    args = graph.global_args("-nostdin", "-v", "error", "-y").compile()
     yield from _read_raw(args, info, fps)
 
 
