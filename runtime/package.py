@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import PackageError
+from .schema import iter_errors, load_schema
 
 FORMAT_NAME = "lipsync-package"
 FORMAT_VERSION = "1.0"          # major.minor; readers refuse another major
@@ -30,7 +31,7 @@ FLAG_LOST = 2           # face lost for long; landmarks held from the nearest fr
 
 
 def _schema() -> dict:
-    return json.loads(SCHEMA_PATH.read_text())
+    return load_schema(SCHEMA_PATH)
 
 
 def validate_manifest(manifest: object, where: str = MANIFEST) -> dict:
@@ -41,8 +42,6 @@ def validate_manifest(manifest: object, where: str = MANIFEST) -> dict:
     PackageError
         Naming the first offending field and how to fix it.
     """
-    import jsonschema
-
     if not isinstance(manifest, dict):
         raise PackageError(f"{where}: expected a JSON object, got {type(manifest).__name__}")
     if manifest.get("format") != FORMAT_NAME:
@@ -52,8 +51,7 @@ def validate_manifest(manifest: object, where: str = MANIFEST) -> dict:
     if version.split(".")[0] != FORMAT_VERSION.split(".")[0]:
         raise PackageError(f"{where}: format_version {version!r} is not readable by this reader"
                            f" (reads {FORMAT_VERSION.split('.')[0]}.x); rebuild the package or upgrade")
-    validator = jsonschema.Draft202012Validator(_schema())
-    errors = sorted(validator.iter_errors(manifest), key=lambda e: list(e.path))
+    errors = sorted(iter_errors(manifest, _schema()), key=lambda e: list(e.path))
     if errors:
         e = errors[0]
         path = "/".join(str(p) for p in e.path) or "(top level)"
