@@ -1,0 +1,195 @@
+"""A Python client for lipsync-serve, used by the tests and by ``lipsync-eval --server``.
+
+    async with Client("ws://127.0.0.1:8765/ws") as c:
+        print(c.capabilities.packages)
+        async for frame, sent_at in c.stream(samples, 16000, realtime=True):
+            ...                       # one FRAME per 40 ms chunk, in order
+
+Frames come back as :class:`runtime.protocol.Frame`; :func:`decode_jpeg` turns
+one into an RGB array. Errors from the server arrive as
+:class:`runtime.protocol.Error` messages; :meth:`Client.recv` returns them
+like any other message, and :meth:`Client.expect` raises :class:`ServerError`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import AsyncIterator
+
+import numpy as np
+from websockets.asyncio.client import connect
+from websockets.exceptions import InvalidStatus
+
+from . import __version__
+from .errors import InputError, LipsyncError
+from .protocol import (CHUNK_MS, MAX_MESSAGE_BYTES, WINDOW_MS, AudioChunk, Capabilities, Error, Frame,
+                       Hello, Message, SampleFormat, Stats, StatsRequest, SwitchPackage, WindowRequest,
+                       decode, decode_json, encode, encode_json, float32_to_pcm)
+
+
+class ServerError(LipsyncError):
+    """The server answered ERROR where another message was expected."""
+
+    def __init__(self, error: Error):
+        self.error = error
+        super().__init__(f"server error {getattr(error.code, 'name', error.code)} (seq {error.seq}): {error.text}")
+
+
+class Unreachable(InputError):
+    """No lipsync server answered at the URL."""
+
+
+def decode_jpeg(frame: Frame) -> np.ndarray:
+    """RGB uint8 [H, W, 3] image of a FRAME's JPEG."""
+    import cv2
+    img = cv2.imdecode(np.frombuffer(frame.jpeg, np.uint8), cv2.IMREAD_COLOR)
+    if img is None:
+        raise LipsyncError(f"FRAME seq {frame.seq}: JPEG does not decode")
+    return cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
+
+
+class Client:
+    """One websocket session.
+
+    Parameters
+    ----------
+    url : str
+        ``ws://HOST:PORT/ws`` (a token goes in ``?token=``).
+    encoding : {"binary", "json"}
+        What this client sends and asks the server to send back.
+    package : str, optional
+        Package to switch to after the handshake.
+    """
+
+    def __init__(self, url: str, encoding: str = "binary", package: str | None = None,
+                 timeout: float = 10.0, max_size: int = MAX_MESSAGE_BYTES):
+        if encoding not in ("binary", "json"):
+            raise InputError(f"encoding {encoding!r}: expected 'binary' or 'json'")
+        self.url, self.encoding, self.package = url, encoding, package
+        self.timeout, self.max_size = timeout, max_size
+        self.ws = None
+        self.capabilities: Capabilities | None = None
+        self._seq = 0
+
+    async def __aenter__(self) -> "Client":
+        await self.connect()
+        return self
+
+    async def __aexit__(self, *exc) -> None:
+        await self.close()
+
+    def next_seq(self) -> int:
+        self._seq = (self._seq + 1) & 0xFFFF_FFFF
+        return self._seq
+
+    async def connect(self) -> Capabilities:
+        try:
+            self.ws = await asyncio.wait_for(
+                connect(self.url, max_size=self.max_size, compression=None, open_timeout=self.timeout),
+                self.timeout)
+        except InvalidStatus as exc:
+            raise Unreachable(f"{self.url}: server refused the websocket: HTTP "
+                              f"{exc.response.status_code} {exc.response.body[:200].decode(errors='replace')}") from None
+        except (OSError, asyncio.TimeoutError) as exc:
+            raise Unreachable(f"{self.url}: no lipsync server answers ({exc}); "
+                              "start one with `lipsync-serve models/NAME`") from None
+        caps = await self.expect(Hello(seq=self.next_seq(), client="runtime.client", version=__version__,
+                                       encoding=self.encoding), Capabilities)
+        self.capabilities = caps
+        if self.package:
+            await self.send(SwitchPackage(seq=self.next_seq(), package=self.package))
+        return caps
+
+    async def close(self) -> None:
+        if self.ws is not None:
+            await self.ws.close()
+            self.ws = None
+
+    # ------------------------------------------------------------ raw messages
+
+    async def send(self, msg: Message) -> None:
+        await self.ws.send(encode_json(msg) if self.encoding == "json" else encode(msg))
+
+    async def send_raw(self, data: bytes | str) -> None:
+        """Send bytes or text as they are (tests use this for bad messages)."""
+        await self.ws.send(data)
+
+    async def recv(self, timeout: float | None = None) -> Message:
+        data = await asyncio.wait_for(self.ws.recv(), timeout or self.timeout)
+        return decode(data, self.max_size) if isinstance(data, bytes) else decode_json(data, self.max_size)
+
+    async def expect(self, msg: Message, kind: type[Message]) -> Message:
+        """Send ``msg`` and return the reply of type ``kind`` (ServerError on ERROR)."""
+        await self.send(msg)
+        reply = await self.recv()
+        if isinstance(reply, Error):
+            raise ServerError(reply)
+        if not isinstance(reply, kind):
+            raise LipsyncError(f"expected {kind.__name__}, got {type(reply).__name__}")
+        return reply
+
+    # ------------------------------------------------------------ requests
+
+    async def stats(self) -> dict:
+        return (await self.expect(StatsRequest(seq=self.next_seq()), Stats)).stats
+
+    async def switch(self, package: str) -> None:
+        """Switch this session's package; ServerError if the server does not have it."""
+        await self.send(SwitchPackage(seq=self.next_seq(), package=package))
+        self.package = package
+
+    async def window(self, frame_id: int, samples: np.ndarray, rate: int = 16_000,
+                     fmt: SampleFormat = SampleFormat.INT16, package: str = "") -> Frame:
+        """Stateless mode: render ``frame_id`` from a 640 ms window of float samples."""
+        msg = WindowRequest(seq=self.next_seq(), frame_id=frame_id, sample_rate=rate, sample_format=fmt,
+                            package=package, pcm=float32_to_pcm(samples, fmt))
+        return await self.expect(msg, Frame)
+
+    async def stream(self, samples: np.ndarray, rate: int = 16_000, fmt: SampleFormat = SampleFormat.INT16,
+                     realtime: bool = False, package: str = "") -> AsyncIterator[tuple[Frame, float]]:
+        """Streaming mode: send ``samples`` in 40 ms chunks, yield (FRAME, round-trip seconds) in order.
+
+        The last partial chunk is padded with silence. With ``realtime``, chunks
+        are paced at one per 40 ms, as a microphone would send them; otherwise as
+        fast as the server answers. The round trip is from sending a chunk to
+        receiving its frame, so it includes the server's look-ahead wait.
+        """
+        step = rate * CHUNK_MS // 1000
+        n = -(-len(samples) // step)
+        padded = np.zeros(n * step, np.float32)
+        padded[:len(samples)] = samples
+        sent: dict[int, float] = {}
+        t0 = time.perf_counter()
+
+        async def producer():
+            for i in range(n):
+                if realtime:
+                    await asyncio.sleep(max(0.0, t0 + i * CHUNK_MS / 1000 - time.perf_counter()))
+                seq = self.next_seq()
+                sent[seq] = time.perf_counter()
+                await self.send(AudioChunk(seq=seq, sample_rate=rate, sample_format=fmt, package=package,
+                                           pcm=float32_to_pcm(padded[i * step:(i + 1) * step], fmt)))
+
+        task = asyncio.create_task(producer())
+        try:
+            for _ in range(n):
+                msg = await self.recv()
+                if isinstance(msg, Error):
+                    raise ServerError(msg)
+                if isinstance(msg, Frame):
+                    yield msg, time.perf_counter() - sent.pop(msg.seq, time.perf_counter())
+            await task
+        finally:
+            task.cancel()
+
+
+def window_around(samples: np.ndarray, frame: int, rate: int = 16_000, fps: float = 25.0) -> np.ndarray:
+    """The 640 ms of ``samples`` centred on video frame ``frame``'s middle, zero-padded at the ends."""
+    half = rate * WINDOW_MS // 2000
+    centre = int(round((frame + 0.5) * rate / fps))
+    out = np.zeros(2 * half, np.float32)
+    lo, hi = centre - half, centre + half
+    src = samples[max(lo, 0):max(min(hi, len(samples)), 0)]
+    out[max(-lo, 0):max(-lo, 0) + len(src)] = src
+    return out

@@ -1,0 +1,73 @@
+"""The generator interface: what every tier of the fallback chain implements.
+
+A generator turns (base frame, mel window) into a face crop. It works on a
+batch of requests so that a neural tier can run one forward pass for frames
+of several sessions; the training-free tiers loop.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import Any, ClassVar, Sequence
+
+import numpy as np
+
+from ..errors import LipsyncError
+from ..package import Package
+
+
+class NotReady(LipsyncError):
+    """The generator is still loading; the chain serves this frame with the next tier."""
+
+
+@dataclass
+class Request:
+    """One frame to render.
+
+    Attributes
+    ----------
+    base : int
+        Package frame the face is rendered onto.
+    mel : np.ndarray [shape=(CONTEXT_ROWS, 80), dtype=float32]
+        The frame's audio context (see :mod:`runtime.stream`).
+    state : Any
+        This session's state for this generator, from :meth:`Generator.new_state`.
+    """
+
+    base: int
+    mel: np.ndarray
+    state: Any = None
+
+
+class Generator(ABC):
+    """A tier of the chain. Subclasses set ``name`` and implement :meth:`render`.
+
+    ``render`` must not keep references to the package's memory-mapped arrays
+    in its outputs (they are read-only); it returns fresh uint8 arrays.
+    """
+
+    name: ClassVar[str]
+
+    def __init__(self, package: Package):
+        self.package = package
+
+    def new_state(self) -> Any:
+        """Per-session state (temporal smoothing); None for stateless tiers."""
+        return None
+
+    def reset(self, state: Any) -> None:
+        """Forget the session's history (after silence or a package switch)."""
+
+    @abstractmethod
+    def render(self, requests: Sequence[Request]) -> list[np.ndarray]:
+        """Render a batch.
+
+        Returns
+        -------
+        list of np.ndarray [shape=(S, S, 3), dtype=uint8]
+            RGB crops in the package's crop geometry, one per request, in order.
+        """
+
+    def close(self) -> None:
+        """Release resources (threads, weights)."""

@@ -1,0 +1,347 @@
+"""The asyncio server: websocket sessions and a few HTTP routes on one port.
+
+A thin layer over :mod:`runtime.session` (what to answer) and
+:mod:`runtime.protocol` (bytes): this module only moves messages between
+sockets, worker threads and per-session queues.
+
+HTTP routes (GET only)::
+
+    /                      the browser client (runtime/web/index.html)
+    /app.js                its script
+    /health                {"status": "ok", ...}; never needs the token
+    /stats                 Metrics.snapshot(): sessions, frames, latency p50/p95/p99 per package
+    /packages              [{name, frames, fps, width, height, train_frames, video}, ...]
+    /packages/NAME/video   the package's base video.mp4 (Range requests supported)
+    /ws                    the websocket endpoint (docs/protocol.md)
+
+With a token set, every route but /health wants ``?token=T`` or
+``Authorization: Bearer T``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import email.utils
+import hmac
+import http
+import ipaddress
+import json
+import logging
+import mimetypes
+import re
+import signal
+import socket
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import parse_qs, urlsplit
+
+from websockets.asyncio.server import ServerConnection, serve
+from websockets.datastructures import Headers
+from websockets.exceptions import ConnectionClosed
+from websockets.http11 import Request, Response
+
+from . import __version__
+from .errors import InputError
+from .package import read_manifest
+from .protocol import (MAX_MESSAGE_BYTES, NO_SEQ, ErrorCode, Frame, Message, ProtocolError, decode,
+                       decode_json, encode, encode_json, error_reply)
+from .session import Session
+from .store import Metrics, PackageStore
+
+log = logging.getLogger("lipsync.server")
+
+WEB_DIR = Path(__file__).with_name("web")
+STATIC = {"/": "index.html", "/index.html": "index.html", "/app.js": "app.js", "/style.css": "style.css"}
+VIDEO_RE = re.compile(r"^/packages/([^/]+)/video$")
+RANGE_RE = re.compile(r"^bytes=(\d*)-(\d*)$")
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    """How a server runs; the CLI fills it from its options."""
+
+    host: str = "127.0.0.1"                  # loopback unless asked otherwise
+    port: int = 8765                         # 0 = any free port
+    token: str | None = None                 # required for non-loopback hosts
+    chain: str | None = None                 # generator chain, e.g. "retrieval,static"; None = default
+    max_message_bytes: int = MAX_MESSAGE_BYTES
+    queue_frames: int = 32                   # per-session outgoing frames before the oldest is dropped
+    flush_ms: int = 120                      # answer look-ahead-pending chunks after this much quiet
+    workers: int = 2                         # render threads (one per core here)
+    max_sessions: int = 64
+    jpeg_quality: int = 85
+    drain_s: float = 1.0                     # SIGTERM: time to send queued frames before closing
+
+    def check(self) -> None:
+        if not is_loopback(self.host) and not self.token:
+            raise InputError(f"--host {self.host} is reachable from other machines; set --token SECRET "
+                             "(clients then pass ?token=SECRET), or bind 127.0.0.1")
+        if not 0 <= self.port <= 65535:
+            raise InputError(f"--port {self.port} is not a TCP port; expected 0 ... 65535")
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+class OutQueue:
+    """A session's outgoing messages; over ``limit`` frames, the oldest frame is dropped.
+
+    Control messages (CAPABILITIES, STATS, ERROR) are never dropped.
+    """
+
+    def __init__(self, limit: int):
+        self.limit = limit
+        self.items: deque[Message] = deque()
+        self.frames = 0
+        self.dropped = 0
+        self.ready = asyncio.Event()
+
+    def put(self, msg: Message) -> None:
+        if isinstance(msg, Frame):
+            if self.frames >= self.limit:
+                for i, old in enumerate(self.items):
+                    if isinstance(old, Frame):
+                        del self.items[i]
+                        self.frames -= 1
+                        self.dropped += 1
+                        break
+            self.frames += 1
+        self.items.append(msg)
+        self.ready.set()
+
+    def pop(self) -> Message | None:
+        if not self.items:
+            self.ready.clear()
+            return None
+        msg = self.items.popleft()
+        self.frames -= isinstance(msg, Frame)
+        return msg
+
+
+def _response(status: int, body: bytes, ctype: str, extra: list[tuple[str, str]] | None = None) -> Response:
+    headers = Headers([("Date", email.utils.formatdate(usegmt=True)), ("Connection", "close"),
+                       ("Content-Length", str(len(body))), ("Content-Type", ctype),
+                       ("Cache-Control", "no-store")] + (extra or []))
+    return Response(status, http.HTTPStatus(status).phrase, headers, body)
+
+
+def _json(status: int, obj) -> Response:
+    return _response(status, json.dumps(obj, indent=1).encode(), "application/json")
+
+
+class LipsyncServer:
+    """Serve a :class:`PackageStore` over websocket + HTTP.
+
+    Use ``await server.start()``, then ``await server.stop()``; or :func:`run`.
+    """
+
+    def __init__(self, store: PackageStore, config: ServerConfig = ServerConfig()):
+        config.check()
+        self.store = store
+        self.config = config
+        self.metrics = Metrics()
+        self.pool = ThreadPoolExecutor(max_workers=config.workers, thread_name_prefix="render")
+        self._server = None
+        self._sessions: set[asyncio.Task] = set()
+        self.port: int | None = None
+
+    # ------------------------------------------------------------ lifecycle
+
+    async def start(self) -> None:
+        self._server = await serve(
+            self._connection, self.config.host, self.config.port,
+            process_request=self._http, max_size=self.config.max_message_bytes,
+            compression=None, max_queue=8, ping_interval=20, ping_timeout=20, close_timeout=1,
+            server_header=f"lipsync-serve/{__version__}")
+        sock = next(iter(self._server.sockets))
+        self.port = sock.getsockname()[1]
+        log.info("serving %s on http://%s:%d/ (websocket /ws)", ", ".join(self.store.names()),
+                 self.config.host, self.port)
+
+    async def stop(self) -> None:
+        """Stop accepting, let queued frames go out for up to ``drain_s``, close, release."""
+        if self._server is None:
+            return
+        self._server.close(close_connections=False)      # stop listening; sessions go on
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.config.drain_s
+        while self._sessions and loop.time() < deadline and any(
+                getattr(t, "queue", None) and t.queue.items for t in self._sessions):
+            await asyncio.sleep(0.02)
+        closers = [asyncio.ensure_future(c.close(1001, "server shutting down")) for c in self._server.connections]
+        if closers:
+            await asyncio.wait(closers, timeout=0.5)
+        for t in list(self._sessions):
+            t.cancel()
+        if self._sessions:
+            await asyncio.wait(list(self._sessions), timeout=0.3)
+        self._server = None
+        self.pool.shutdown(wait=False, cancel_futures=True)
+        self.store.close()
+
+    # ------------------------------------------------------------ HTTP
+
+    def _authorised(self, request: Request, query: dict) -> bool:
+        if not self.config.token:
+            return True
+        given = (query.get("token") or [""])[0]
+        auth = request.headers.get("Authorization", "")
+        if auth.startswith("Bearer "):
+            given = auth[7:]
+        return hmac.compare_digest(given.encode(), self.config.token.encode())
+
+    async def _http(self, conn: ServerConnection, request: Request) -> Response | None:
+        url = urlsplit(request.path)
+        path, query = url.path, parse_qs(url.query)
+        if path == "/health":
+            return _json(200, {"status": "ok", "version": __version__, "packages": len(self.store.names()),
+                               "sessions": self.metrics.sessions_active})
+        if not self._authorised(request, query):
+            return _json(401, {"error": "missing or wrong token; pass ?token=... or Authorization: Bearer ..."})
+        if path == "/ws":
+            if "websocket" not in request.headers.get("Upgrade", "").lower():
+                return _json(426, {"error": "/ws is the websocket endpoint; connect with a websocket client"})
+            if self.metrics.sessions_active >= self.config.max_sessions:
+                return _json(503, {"error": f"server full ({self.config.max_sessions} sessions); retry later"})
+            return None
+        if path in STATIC:
+            name = STATIC[path]
+            body = await asyncio.to_thread((WEB_DIR / name).read_bytes)
+            ctype = mimetypes.guess_type(name)[0] or "application/octet-stream"
+            return _response(200, body, ctype + ("; charset=utf-8" if ctype.startswith("text") else ""))
+        if path == "/stats":
+            return _json(200, self.metrics.snapshot())
+        if path == "/packages":
+            return _json(200, await asyncio.to_thread(self._package_list))
+        m = VIDEO_RE.match(path)
+        if m:
+            return await self._video(m.group(1), request)
+        return _json(404, {"error": f"no route {path}; see /packages, /stats, /health, /ws"})
+
+    def _package_list(self) -> list[dict]:
+        out = []
+        for name in self.store.names():
+            try:
+                man = read_manifest(self.store.folder(name))
+            except Exception as exc:           # a broken package is listed as such, not fatal
+                out.append({"name": name, "error": str(exc)})
+                continue
+            v = man["video"]
+            out.append({"name": name, "frames": v["frames"], "fps": v["fps"], "width": v["width"],
+                        "height": v["height"], "train_frames": man["split"]["train_frames"],
+                        "video": f"/packages/{name}/video"})
+        return out
+
+    async def _video(self, name: str, request: Request) -> Response:
+        try:
+            path = self.store.folder(name) / "video.mp4"
+        except KeyError:
+            return _json(404, {"error": f"no package named {name!r}; see /packages"})
+        data = await asyncio.to_thread(path.read_bytes)
+        rng = RANGE_RE.match(request.headers.get("Range", "").strip())
+        if not rng or not (rng.group(1) or rng.group(2)):
+            return _response(200, data, "video/mp4", [("Accept-Ranges", "bytes")])
+        size = len(data)
+        if rng.group(1):
+            start = int(rng.group(1))
+            end = min(int(rng.group(2)), size - 1) if rng.group(2) else size - 1
+        else:                                   # bytes=-N: the last N bytes
+            start, end = max(size - int(rng.group(2)), 0), size - 1
+        if start >= size or start > end:
+            return _response(416, b"", "video/mp4", [("Content-Range", f"bytes */{size}")])
+        return _response(206, data[start:end + 1], "video/mp4",
+                         [("Accept-Ranges", "bytes"), ("Content-Range", f"bytes {start}-{end}/{size}")])
+
+    # ------------------------------------------------------------ websocket
+
+    async def _connection(self, ws: ServerConnection) -> None:
+        task = asyncio.current_task()
+        queue = OutQueue(self.config.queue_frames)
+        task.queue = queue                       # for stop(): is anything left to send?
+        self._sessions.add(task)
+        self.metrics.count("sessions_active")
+        self.metrics.count("sessions_total")
+        session = Session(self.store, self.metrics)
+        sender = asyncio.create_task(self._send_loop(ws, queue, session))
+        peer = ws.remote_address
+        log.info("session open from %s", peer)
+        try:
+            await self._receive_loop(ws, queue, session)
+        except ConnectionClosed:
+            pass
+        finally:
+            sender.cancel()
+            self.metrics.count("sessions_active", -1)
+            self.metrics.count("dropped", queue.dropped)
+            self._sessions.discard(task)
+            log.info("session closed from %s: %d frames out, %d dropped", peer, session.frames_out, queue.dropped)
+
+    async def _receive_loop(self, ws: ServerConnection, queue: OutQueue, session: Session) -> None:
+        loop = asyncio.get_running_loop()
+        max_size = self.config.max_message_bytes
+        while True:
+            timeout = self.config.flush_ms / 1000 if session.chunk_seqs else None
+            try:
+                data = await asyncio.wait_for(ws.recv(), timeout)
+            except TimeoutError:
+                for msg in await loop.run_in_executor(self.pool, session.flush):
+                    queue.put(msg)
+                continue
+            try:
+                msg = decode(data, max_size) if isinstance(data, bytes) else decode_json(data, max_size)
+            except ProtocolError as exc:
+                self.metrics.error(exc.code.name)
+                queue.put(error_reply(exc))
+                continue
+            try:
+                replies = await loop.run_in_executor(self.pool, session.handle, msg)
+            except Exception as exc:             # a bug must not kill the server, nor the session
+                log.exception("session failed on %s", type(msg).__name__)
+                replies = [error_reply(ProtocolError(ErrorCode.INTERNAL, f"server error: {exc}",
+                                                     getattr(msg, "seq", NO_SEQ)))]
+            for r in replies:
+                queue.put(r)
+
+    async def _send_loop(self, ws: ServerConnection, queue: OutQueue, session: Session) -> None:
+        while True:
+            await queue.ready.wait()
+            msg = queue.pop()
+            if msg is None:
+                continue
+            data = encode_json(msg) if session.encoding == "json" else encode(msg)
+            try:
+                await ws.send(data)
+            except ConnectionClosed:
+                return
+
+
+async def serve_until_signal(store: PackageStore, config: ServerConfig, ready=None) -> None:
+    """Run until SIGTERM or SIGINT, then drain and stop (within about 2 s)."""
+    server = LipsyncServer(store, config)
+    await server.start()
+    if ready is not None:
+        ready(server)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    log.info("signal received: draining")
+    await asyncio.wait_for(server.stop(), timeout=1.8)
+
+
+def port_free(host: str, port: int) -> bool:
+    with socket.socket() as s:
+        try:
+            s.bind((host, port))
+            return True
+        except OSError:
+            return False

@@ -1,0 +1,180 @@
+"""One client's session, without any I/O: protocol messages in, protocol messages out.
+
+The server (:mod:`runtime.server`) reads a websocket message, decodes it,
+hands it to :meth:`Session.handle` in a worker thread and sends what comes
+back. Everything a session decides lives here, so tests and ``lipsync-eval``
+can drive it without sockets.
+
+Streaming mode: AUDIO_CHUNK ``k`` (40 ms) is answered by the FRAME for video
+frame ``k``, with the chunk's seq, once chunk ``k + LOOKAHEAD_CHUNKS`` has
+arrived (see :mod:`runtime.stream`), or when the client goes quiet and the
+server calls :meth:`Session.flush`. Base frames advance ping-pong through the
+package, one per frame, so the head keeps moving.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+
+import numpy as np
+
+from . import __version__
+from .protocol import (CHUNK_MS, WINDOW_MS, AudioChunk, Capabilities, Error, ErrorCode, Frame, Hello,
+                       Message, ProtocolError, Stats, StatsRequest, SwitchPackage, WindowRequest,
+                       pcm_to_float32)
+from .store import Metrics, PackageStore, Rendered, Renderer
+from .stream import AudioStream, Resampler, window_from_pcm
+
+
+def pingpong(t: int, n: int) -> int:
+    """Frame index at tick ``t`` walking 0, 1, ..., n-1, n-2, ..., 1, 0, 1, ...  (n >= 1)."""
+    if n <= 1:
+        return 0
+    period = 2 * n - 2
+    r = t % period
+    return r if r < n else period - r
+
+
+class Session:
+    """State of one connection.
+
+    Parameters
+    ----------
+    store : PackageStore
+    metrics : Metrics
+    package : str, optional
+        Initial package; the store's default if None.
+    """
+
+    def __init__(self, store: PackageStore, metrics: Metrics, package: str | None = None):
+        self.store = store
+        self.metrics = metrics
+        self.encoding = "binary"
+        self.package = package or store.default
+        self._renderer: Renderer | None = None
+        self._states: dict | None = None
+        self.audio = AudioStream(fps=1000 / CHUNK_MS)
+        self.chunk_seqs: deque[int] = deque()      # seq of each chunk whose frame is not out yet
+        self.tick = 0                              # frames sent in streaming mode (drives ping-pong)
+        self.frames_out = 0
+
+    # ------------------------------------------------------------ helpers
+
+    def _use(self, name: str) -> Renderer:
+        """Switch to package ``name`` (KeyError if unknown); resets generator state."""
+        renderer = self.store.get(name)
+        if renderer is not self._renderer:
+            self._renderer, self.package = renderer, name
+            self._states = renderer.chain.new_state()
+        return renderer
+
+    def _error(self, code: ErrorCode, text: str, seq: int) -> Error:
+        self.metrics.error(code.name)
+        return Error(seq=seq, code=code, text=text[:1024])
+
+    def _frame(self, seq: int, r: Rendered, started: float) -> Frame:
+        us = int((time.perf_counter() - started) * 1e6)
+        self.metrics.frame(self.package, us, r.status, r.tier)
+        self.frames_out += 1
+        return Frame(seq=seq, status=r.status, base_frame=r.base, server_us=min(us, 0xFFFF_FFFF),
+                     bounds=r.bounds, jpeg=r.jpeg)
+
+    @staticmethod
+    def _check_duration(msg, n_samples: int, ms: int) -> None:
+        want = msg.sample_rate * ms // 1000
+        if n_samples != want:
+            raise ProtocolError(ErrorCode.BAD_AUDIO, f"{type(msg).__name__} holds {n_samples} samples at "
+                                f"{msg.sample_rate} Hz; expected {ms} ms = {want} samples", msg.seq)
+
+    # ------------------------------------------------------------ dispatch
+
+    def handle(self, msg: Message) -> list[Message]:
+        """Answer one decoded message. Never raises for a client's mistake: it answers ERROR."""
+        try:
+            if isinstance(msg, AudioChunk):
+                return self._chunk(msg)
+            if isinstance(msg, WindowRequest):
+                return self._window(msg)
+            if isinstance(msg, Hello):
+                self.encoding = msg.encoding
+                return [Capabilities(seq=msg.seq, packages=tuple(self.store.names()))]
+            if isinstance(msg, SwitchPackage):
+                try:
+                    self._use(msg.package)
+                except KeyError:
+                    return [self._unknown(msg.package, msg.seq)]
+                return []
+            if isinstance(msg, StatsRequest):
+                return [Stats(seq=msg.seq, stats=self.metrics.snapshot())]
+            return [self._error(ErrorCode.MALFORMED, f"{type(msg).__name__.upper()} is a server-to-client "
+                                "message; a client sends HELLO, AUDIO_CHUNK, WINDOW_REQUEST, "
+                                "SWITCH_PACKAGE or STATS_REQUEST", msg.seq)]
+        except ProtocolError as exc:
+            return [self._error(exc.code, str(exc), msg.seq)]
+
+    def _unknown(self, name: str, seq: int) -> Error:
+        return self._error(ErrorCode.UNKNOWN_PACKAGE, f"no package named {name!r} on this server; "
+                           f"it serves {', '.join(self.store.names())}", seq)
+
+    def _chunk(self, msg: AudioChunk) -> list[Message]:
+        started = time.perf_counter()
+        try:
+            renderer = self._use(msg.package or self.package)
+        except KeyError:
+            return [self._unknown(msg.package, msg.seq)]
+        samples = pcm_to_float32(msg.pcm, msg.sample_format)
+        self._check_duration(msg, len(samples), CHUNK_MS)
+        if not np.isfinite(samples).all():
+            raise ProtocolError(ErrorCode.BAD_AUDIO, "float32 PCM holds NaN or infinity; "
+                                "expected finite samples in [-1, 1]", msg.seq)
+        self.audio.push(samples, msg.sample_rate)
+        self.chunk_seqs.append(msg.seq)
+        return self._emit(renderer, started)
+
+    def _emit(self, renderer: Renderer, started: float) -> list[Message]:
+        ready = self.audio.pop()
+        if not ready:
+            return []
+        n = renderer.frames
+        bases = [pingpong(self.tick + i, n) for i in range(len(ready))]
+        self.tick += len(ready)
+        rendered = renderer.render(bases, [f.mel for f in ready], [self._states] * len(ready),
+                                   [f.silent for f in ready])
+        return [self._frame(self.chunk_seqs.popleft(), r, started) for r in rendered]
+
+    def flush(self) -> list[Message]:
+        """The client went quiet: answer the chunks still waiting for look-ahead."""
+        if not self.chunk_seqs or self._renderer is None:
+            return []
+        started = time.perf_counter()
+        self.audio.flush()
+        out = self._emit(self._renderer, started)
+        self.audio = AudioStream(fps=1000 / CHUNK_MS)   # the next chunk starts a new stream
+        return out
+
+    def _window(self, msg: WindowRequest) -> list[Message]:
+        started = time.perf_counter()
+        name = msg.package or self.store.default
+        try:
+            renderer = self.store.get(name)
+        except KeyError:
+            return [self._unknown(name, msg.seq)]
+        if msg.frame_id >= renderer.frames:
+            raise ProtocolError(ErrorCode.MALFORMED, f"frame id {msg.frame_id} is past the end of package "
+                                f"{name!r}; expected 0 ... {renderer.frames - 1}", msg.seq)
+        samples = pcm_to_float32(msg.pcm, msg.sample_format)
+        self._check_duration(msg, len(samples), WINDOW_MS)
+        if not np.isfinite(samples).all():
+            raise ProtocolError(ErrorCode.BAD_AUDIO, "float32 PCM holds NaN or infinity", msg.seq)
+        x16 = Resampler(msg.sample_rate)(samples)
+        mel = window_from_pcm(x16)
+        mid = len(x16) // 2
+        own = x16[mid - 320:mid + 320]
+        silent = float(np.sqrt(np.mean(np.square(own, dtype=np.float64)))) < 0.01
+        rendered = renderer.render([msg.frame_id], [mel], [renderer.chain.new_state()], [silent])[0]
+        us = int((time.perf_counter() - started) * 1e6)
+        self.metrics.frame(name, us, rendered.status, rendered.tier)
+        self.frames_out += 1
+        return [Frame(seq=msg.seq, status=rendered.status, base_frame=rendered.base, server_us=us,
+                      bounds=rendered.bounds, jpeg=rendered.jpeg)]

@@ -1,0 +1,195 @@
+"""The packages a server offers, opened on first use, and its counters.
+
+``PackageStore`` maps safe names to package folders: either one package
+(``lipsync-serve models/anchor``) or every package folder directly inside a
+directory (``lipsync-serve models/``). A name is a folder name matching
+NAME_RE; it is looked up among the folders listed, never joined onto a path,
+so it cannot leave the served folder.
+"""
+
+from __future__ import annotations
+
+import re
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from .errors import InputError, PackageError
+from .generators import Chain, build_chain
+from .package import MANIFEST, Package
+from .protocol import CHUNK_MS, FrameStatus
+
+NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+JPEG_QUALITY = 85
+LATENCY_WINDOW = 10_000          # per-package server times kept for the percentiles
+
+
+@dataclass
+class Rendered:
+    """One frame ready to send."""
+
+    status: FrameStatus
+    base: int
+    jpeg: bytes
+    bounds: tuple[int, int, int, int]
+    tier: str
+
+
+class Renderer:
+    """One open package: its generator chain, JPEG encoding and paste-back bounds."""
+
+    def __init__(self, name: str, package: Package, chain_spec: str | None = None,
+                 jpeg_quality: int = JPEG_QUALITY):
+        if abs(package.fps * CHUNK_MS - 1000) > 1e-6:
+            raise PackageError(f"{package.root}: package is at {package.fps:g} fps, but the protocol streams "
+                               f"{CHUNK_MS} ms chunks (25 fps); rebuild it with `lipsync-pack build --fps 25`")
+        self.name = name
+        self.package = package
+        self.chain: Chain = build_chain(package, chain_spec)
+        self.jpeg_quality = jpeg_quality
+        self.boxes = package.boxes           # mmap, int32 [N, 4]
+        self.frames = package.frames
+
+    def render(self, bases: list[int], mels: list[np.ndarray], states: list[dict],
+               silent: list[bool]) -> list[Rendered]:
+        """Render a batch; silent frames get the base crop without a generator call."""
+        out: list[Rendered | None] = [None] * len(bases)
+        speak = [i for i, s in enumerate(silent) if not s]
+        if speak:
+            crops, tier = self.chain.render([bases[i] for i in speak], [mels[i] for i in speak],
+                                            [states[i] for i in speak])
+            for i, crop in zip(speak, crops):
+                out[i] = self._finish(FrameStatus.OK, bases[i], crop, tier)
+        crops = self.package.crops
+        for i, s in enumerate(silent):
+            if s:
+                self.chain.reset(states[i])
+                out[i] = self._finish(FrameStatus.IDLE, bases[i], np.asarray(crops[bases[i]]), "idle")
+        return out  # type: ignore[return-value]
+
+    def _finish(self, status: FrameStatus, base: int, crop: np.ndarray, tier: str) -> Rendered:
+        ok, buf = cv2.imencode(".jpg", cv2.cvtColor(crop, cv2.COLOR_RGB2BGR),
+                               [cv2.IMWRITE_JPEG_QUALITY, self.jpeg_quality])
+        if not ok:
+            raise RuntimeError("JPEG encoding failed")
+        x0, y0, x1, y1 = (int(v) for v in self.boxes[base])
+        return Rendered(status, base, buf.tobytes(), (x0, y0, x1, y1), tier)
+
+    def close(self) -> None:
+        self.chain.close()
+
+
+@dataclass
+class PackageMetrics:
+    frames: int = 0
+    idle: int = 0
+    latencies_us: deque = field(default_factory=lambda: deque(maxlen=LATENCY_WINDOW))
+    tiers: dict = field(default_factory=dict)
+
+
+class Metrics:
+    """Server-wide counters, shared by every session (guarded by a lock)."""
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self.started = time.time()
+        self.sessions_active = 0
+        self.sessions_total = 0
+        self.dropped = 0
+        self.errors: dict[str, int] = {}
+        self.packages: dict[str, PackageMetrics] = {}
+
+    def frame(self, package: str, server_us: int, status: FrameStatus, tier: str) -> None:
+        with self._lock:
+            m = self.packages.setdefault(package, PackageMetrics())
+            m.frames += 1
+            m.idle += status == FrameStatus.IDLE
+            m.latencies_us.append(server_us)
+            m.tiers[tier] = m.tiers.get(tier, 0) + 1
+
+    def count(self, attr: str, n: int = 1) -> None:
+        with self._lock:
+            setattr(self, attr, getattr(self, attr) + n)
+
+    def error(self, code_name: str) -> None:
+        with self._lock:
+            self.errors[code_name] = self.errors.get(code_name, 0) + 1
+
+    def snapshot(self) -> dict:
+        """JSON-ready counters: sessions, frames, drops, errors, latency percentiles per package (ms)."""
+        with self._lock:
+            per = {}
+            for name, m in self.packages.items():
+                lat = np.asarray(m.latencies_us, dtype=np.float64) / 1000.0
+                pct = (np.percentile(lat, [50, 95, 99]).round(3).tolist() if len(lat) else [None] * 3)
+                per[name] = {"frames": m.frames, "idle_frames": m.idle, "tiers": dict(m.tiers),
+                             "latency_ms": dict(zip(("p50", "p95", "p99"), pct))}
+            return {"uptime_s": round(time.time() - self.started, 3),
+                    "sessions": {"active": self.sessions_active, "total": self.sessions_total},
+                    "frames_served": sum(m.frames for m in self.packages.values()),
+                    "frames_dropped": self.dropped, "errors": dict(self.errors), "packages": per}
+
+
+class PackageStore:
+    """Named packages under one folder, opened (mmap) on first use and then kept.
+
+    Parameters
+    ----------
+    path : path
+        A package folder, or a folder whose sub-folders are packages.
+    chain : str, optional
+        Generator chain for every package (``"retrieval,static"``; None = default).
+    """
+
+    def __init__(self, path: str | Path, chain: str | None = None, jpeg_quality: int = JPEG_QUALITY):
+        root = Path(path).expanduser().resolve()
+        if not root.is_dir():
+            raise InputError(f"{path}: no such folder; pass a package folder or a folder of packages")
+        self.single = (root / MANIFEST).is_file()
+        self.root = root.parent if self.single else root
+        self._only = root.name if self.single else None
+        self.chain = chain
+        self.jpeg_quality = jpeg_quality
+        self._open: dict[str, Renderer] = {}
+        self._lock = threading.Lock()
+        if not self.names():
+            raise InputError(f"{path}: no packages here (no */manifest.json); build one with "
+                             f"`lipsync-pack build VIDEO -o {Path(path) / 'NAME'}`")
+
+    def names(self) -> list[str]:
+        """Package names on offer, sorted (re-listed on each call: new packages appear)."""
+        if self._only is not None:
+            return [self._only]
+        return sorted(p.name for p in self.root.iterdir()
+                      if NAME_RE.match(p.name) and (p / MANIFEST).is_file())
+
+    @property
+    def default(self) -> str:
+        return self.names()[0]
+
+    def folder(self, name: str) -> Path:
+        """The folder of package ``name``; KeyError if there is no such package."""
+        if not isinstance(name, str) or not NAME_RE.match(name) or name not in self.names():
+            raise KeyError(name)
+        return self.root / name
+
+    def get(self, name: str) -> Renderer:
+        """The open package ``name`` (opened now if need be). KeyError if unknown."""
+        renderer = self._open.get(name)
+        if renderer is not None:
+            return renderer
+        folder = self.folder(name)
+        with self._lock:
+            if name not in self._open:
+                self._open[name] = Renderer(name, Package.open(folder), self.chain, self.jpeg_quality)
+            return self._open[name]
+
+    def close(self) -> None:
+        for r in self._open.values():
+            r.close()
+        self._open.clear()
