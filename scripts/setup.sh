@@ -8,10 +8,15 @@ PYTHON=${PYTHON:-python3}
 
 as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
 
-if ! command -v ffmpeg >/dev/null || ! command -v ffprobe >/dev/null; then
-    echo "setup: installing ffmpeg (Debian package)"
+# Debian packages: ffmpeg for decoding, chromium for the browser-client test (driven by
+# Playwright with executable_path=/usr/bin/chromium; never `playwright install`).
+need=()
+{ command -v ffmpeg >/dev/null && command -v ffprobe >/dev/null; } || need+=(ffmpeg)
+[ -x /usr/bin/chromium ] || need+=(chromium)
+if [ ${#need[@]} -gt 0 ]; then
+    echo "setup: installing ${need[*]} (Debian packages)"
     as_root apt-get update -qq
-    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq ffmpeg >/dev/null
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
 fi
 
 if [ ! -x "$VENV/bin/python" ]; then
@@ -24,7 +29,7 @@ if [ ! -f "$stamp" ]; then
     echo "setup: installing Python packages into $VENV (torch 2.13.0 CPU first)"
     $PIP install torch==2.13.0 2>&1 | grep -v "^WARNING: Location" || true
     $PIP install -e ".[test]" 2>&1 | grep -v "^WARNING: Location" || true
-    "$VENV/bin/python" -c "import torch, cv2, dlib, librosa, toolkit.cli" \
+    "$VENV/bin/python" -c "import torch, cv2, dlib, librosa, websockets, playwright, toolkit.cli, runtime.cli" \
         || { echo "setup: the Python environment is incomplete; see the pip output above" >&2; exit 1; }
     rm -f "$VENV"/.installed-*
     touch "$stamp"

@@ -1,0 +1,257 @@
+"""The browser client (runtime/web) end to end: a real ``lipsync-serve`` in a subprocess and
+Debian's chromium driven by Playwright.
+
+Chromium's fake capture device plays a speech wav into getUserMedia, so the page streams
+real speech through the microphone path (AudioWorklet, 40 ms int16 chunks, AUDIO_CHUNK) and
+paints the FRAMEs it gets back. The first test clicks the Microphone button; the second opens
+the page with ``?autostart=mic``, which starts the microphone on load.
+
+Skipped only when /usr/bin/chromium or Playwright is missing (``playwright install`` is never
+run: the browser is the system one).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import queue
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import AUDIO, ROOT, ffmpeg
+
+CHROMIUM = Path("/usr/bin/chromium")
+READY_RE = re.compile(r"^lipsync-serve \S+: .* on http://127\.0\.0\.1:(\d+)/")
+
+try:
+    from playwright.sync_api import sync_playwright
+except ImportError:                      # pragma: no cover - depends on the machine
+    sync_playwright = None
+
+
+class Server:
+    """``python -m runtime.cli PACKAGE --port P`` in a subprocess; ready once it prints its URL."""
+
+    def __init__(self, package: Path, log_path: Path):
+        self.package = package
+        self.log_path = log_path
+        self.proc: subprocess.Popen | None = None
+        self.port = 0
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/"
+
+    def start(self, port: int = 0, timeout: float = 60) -> None:
+        env = dict(os.environ, PYTHONPATH=str(ROOT))
+        # stderr (the log) goes to a file: a pipe nobody reads would fill up and stall the server
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "runtime.cli", str(self.package), "--port", str(port), "--host", "127.0.0.1"],
+            cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=self.log_path.open("a"), text=True)
+        lines: queue.Queue = queue.Queue()
+
+        def read(stream):                # drains stdout for the server's whole life
+            for line in stream:
+                lines.put(line)
+            lines.put(None)
+
+        threading.Thread(target=read, args=(self.proc.stdout,), daemon=True).start()
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                line = lines.get(timeout=max(0.0, deadline - time.monotonic()))
+            except queue.Empty:
+                self.proc.kill()
+                pytest.fail(f"lipsync-serve printed no ready line in {timeout:.0f} s; log: {self.log()}")
+            if line is None:
+                pytest.fail(f"lipsync-serve exited with {self.proc.wait()} before it was ready; log: {self.log()}")
+            m = READY_RE.match(line)
+            if m:
+                self.port = int(m.group(1))
+                return
+
+    def stop(self) -> int:
+        """SIGTERM; the server must be gone within 2 s. Returns its exit code."""
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            code = self.proc.wait(timeout=2)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+            pytest.fail(f"lipsync-serve still running 2 s after SIGTERM; log: {self.log()}")
+        self.proc = None
+        return code
+
+    def log(self) -> str:
+        return self.log_path.read_text()[-2000:]
+
+    def get_json(self, path: str):
+        with urllib.request.urlopen(self.url + path.lstrip("/"), timeout=5) as res:
+            return json.loads(res.read())
+
+
+@pytest.fixture(scope="module")
+def fake_wav(tmp_path_factory) -> Path:
+    """The speech clip as the fake capture device wants it: 16-bit PCM wav, mono, 48 kHz."""
+    out = tmp_path_factory.mktemp("browser") / "speech.wav"
+    ffmpeg("-i", str(AUDIO["demo1_audio"]), "-ac", "1", "-ar", "48000", "-c:a", "pcm_s16le", str(out))
+    return out
+
+
+@pytest.fixture(scope="module")
+def browser(fake_wav):
+    if sync_playwright is None:
+        pytest.skip("playwright is not installed in this environment")
+    if not CHROMIUM.is_file():
+        pytest.skip(f"{CHROMIUM} is missing (apt-get install chromium)")
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=str(CHROMIUM), args=[
+            "--no-sandbox", "--disable-gpu", "--use-fake-ui-for-media-stream",
+            "--use-fake-device-for-media-stream", f"--use-file-for-fake-audio-capture={fake_wav}",
+            "--autoplay-policy=no-user-gesture-required", "--disable-background-networking",
+            "--disable-component-update", "--disable-sync", "--no-first-run"])
+        yield b
+        b.close()
+
+
+@pytest.fixture
+def cli_server(built, tmp_path):
+    """A running server of the German_20s package; stopped (and checked) after the test."""
+    srv = Server(built("German_20s").path, tmp_path / "server.log")
+    srv.start()
+    yield srv
+    if srv.proc is not None:
+        assert srv.stop() == 0, srv.log()
+
+
+@pytest.fixture
+def page(browser):
+    context = browser.new_context(viewport={"width": 1100, "height": 860})
+    pg = context.new_page()
+    pg.errors = []                       # uncaught exceptions in the page
+    pg.on("pageerror", lambda exc: pg.errors.append(str(exc)))
+    yield pg
+    context.close()
+
+
+# The canvas's luminance spread and alpha, and how well the face crop now painted lines up
+# with the base video frame it was rendered onto: the mean abs difference between the canvas
+# and that frame in a band inside the crop's top half (no mouth there), at offsets of the
+# reference. A crop pasted in the right place matches best at offset (0, 0).
+PIXELS_JS = """async () => {
+  const face = document.getElementById('face'), W = face.width, H = face.height;
+  const painted = window.lipsync.lastPainted;          // read together with the pixels
+  const img = face.getContext('2d').getImageData(0, 0, W, H).data;
+  let sum = 0, sq = 0, minAlpha = 255;
+  for (let i = 0; i < img.length; i += 4) {
+    const l = 0.299 * img[i] + 0.587 * img[i + 1] + 0.114 * img[i + 2];
+    sum += l; sq += l * l; minAlpha = Math.min(minAlpha, img[i + 3]);
+  }
+  const n = img.length / 4, std = Math.sqrt(sq / n - (sum / n) ** 2);
+
+  const pkg = window.lipsync.package;
+  const info = (await (await fetch('/packages')).json()).find((p) => p.name === pkg);
+  const video = document.createElement('video');
+  video.muted = true;
+  video.src = URL.createObjectURL(await (await fetch(info.video)).blob());
+  await new Promise((r) => video.addEventListener('loadeddata', r, { once: true }));
+  await new Promise((r) => { video.addEventListener('seeked', r, { once: true });
+                             video.currentTime = (painted.base + 0.5) / info.fps; });
+  const c = document.createElement('canvas'); c.width = W; c.height = H;
+  const cx = c.getContext('2d'); cx.drawImage(video, 0, 0, W, H);
+  const ref = cx.getImageData(0, 0, W, H).data;
+  const [x0, y0, x1, y1] = painted.bounds;
+  const diff = {};
+  for (const [dx, dy] of [[0, 0], [-3, 0], [3, 0], [0, -3], [0, 3]]) {
+    let s = 0, m = 0;
+    for (let y = y0 + 8; y < (y0 + y1) / 2; y++) {
+      for (let x = x0 + 8; x < x1 - 8; x++) {
+        if (x >= x0 + 40 && x < x1 - 40 && y >= y0 + 40) continue;   // a band along the edges
+        if (x < 4 || y < 4 || x >= W - 4 || y >= H - 4) continue;    // clip (and room to shift)
+        const i = (y * W + x) * 4, j = ((y + dy) * W + (x + dx)) * 4;
+        for (let k = 0; k < 3; k++) s += Math.abs(img[i + k] - ref[j + k]);
+        m += 3;
+      }
+    }
+    diff[`${dx},${dy}`] = s / m;
+  }
+  return { std, minAlpha, width: W, height: H, painted, diff };
+}"""
+
+
+def frames(page) -> int:
+    return page.evaluate("window.lipsync.framesReceived")
+
+
+def test_page_streams_microphone_and_paints_frames(page, cli_server, tmp_path):
+    started = time.monotonic()
+    page.goto(cli_server.url)
+    page.wait_for_function("window.lipsync && window.lipsync.connected", timeout=15_000)
+    assert page.text_content("#status") == "connected"
+    page.click("#mic")
+    page.wait_for_function("window.lipsync.framesReceived >= 25", timeout=30_000)
+    first_frame_s = time.monotonic() - started
+
+    before = int(page.text_content("#frame-count"))
+    time.sleep(1.0)
+    after = int(page.text_content("#frame-count"))
+    assert after > before, f"#frame-count stuck at {before}"
+    assert after - before >= 10, f"only {after - before} frames in 1 s; expected about 25"
+
+    px = page.evaluate(PIXELS_JS)
+    info = cli_server.get_json("/packages")[0]
+    assert (px["width"], px["height"]) == (info["width"], info["height"])
+    assert px["minAlpha"] == 255, "canvas has transparent pixels"
+    assert px["std"] > 10, f"canvas looks blank (luminance std {px['std']:.1f})"
+    x0, y0, x1, y1 = px["painted"]["bounds"]
+    assert 32 <= x1 - x0 <= info["width"] * 2 and 32 <= y1 - y0 <= info["height"] * 2
+    assert x0 < info["width"] and y0 < info["height"] and x1 > 0 and y1 > 0
+    d = px["diff"]
+    assert d["0,0"] < 8, f"face crop does not match its base frame: {d}"
+    assert all(d["0,0"] < v for k, v in d.items() if k != "0,0"), f"face crop is pasted off its place: {d}"
+
+    stats = cli_server.get_json("/stats")
+    name = page.evaluate("window.lipsync.package")
+    assert stats["frames_served"] > 0
+    assert stats["packages"][name]["frames"] > 0
+
+    lipsync = page.evaluate("window.lipsync")
+    assert lipsync["errors"] == 0, page.inner_text("#log")
+    assert lipsync["lastBounds"] is not None and len(lipsync["lastBounds"]) == 4
+    assert page.errors == []
+    page.screenshot(path=str(tmp_path / "browser.png"))
+    print(f"first 25 frames after {first_frame_s:.1f} s; latency {page.text_content('#latency')}, "
+          f"background {page.text_content('#bg-sync')}, crop diff {d}")
+
+
+def test_page_reconnects_after_socket_close_and_server_restart(page, cli_server):
+    page.goto(cli_server.url + "?autostart=mic")
+    page.wait_for_function("window.lipsync.framesReceived >= 10", timeout=30_000)
+
+    # 1. the socket drops (closed from the page): the client reconnects and streams on
+    n = frames(page)
+    page.evaluate("window.lipsync.closeSocket()")
+    page.wait_for_function(f"window.lipsync.connects >= 2 && window.lipsync.framesReceived >= {n + 10}",
+                           timeout=15_000)
+
+    # 2. the server goes away and comes back on the same port
+    assert cli_server.stop() == 0, cli_server.log()
+    page.wait_for_function("document.getElementById('status').textContent.startsWith('reconnecting')",
+                           timeout=5_000)
+    assert page.evaluate("window.lipsync.connected") is False
+    cli_server.start(port=cli_server.port)
+    n = frames(page)
+    page.wait_for_function(f"window.lipsync.connects >= 3 && window.lipsync.framesReceived >= {n + 10}",
+                           timeout=30_000)
+    assert page.text_content("#status") == "connected"
+    assert page.evaluate("window.lipsync.package") == cli_server.get_json("/packages")[0]["name"]
+    assert page.errors == []
