@@ -20,6 +20,7 @@ import numpy as np
 from runtime.errors import FFmpegError, InputError, last_line
 
 MIN_DURATION_S = 1.0
+KEYINT = 10                 # frames between key frames of video.mp4 (0.4 s at 25 fps)
 
 
 @dataclass(frozen=True)
@@ -149,7 +150,8 @@ def iter_frames(info: VideoInfo, fps: float, encode_to: str | Path | None = None
         to_pipe, to_file = split[0], split[1]
         graph = ffmpeg.merge_outputs(
             ffmpeg.output(to_pipe, "pipe:", format="rawvideo", pix_fmt="rgb24"),
-            ffmpeg.output(to_file, str(encode_to), vcodec="libx264", crf=crf, preset=preset,
+            # a key frame every KEYINT frames: browsers seek to any base frame by decoding at most that many
+            ffmpeg.output(to_file, str(encode_to), vcodec="libx264", crf=crf, preset=preset, g=KEYINT,
                           pix_fmt="yuv420p", movflags="+faststart", an=None))
     args = graph.global_args("-nostdin", "-v", "error", "-y").compile()
     yield from _read_raw(args, info, fps)

@@ -70,6 +70,15 @@ def test_crops_match_the_package_video(built):
     assert np.abs(again.astype(int) - pkg.crops[7]).max() <= 1
 
 
+def test_package_video_seeks_cheaply(built):
+    """A key frame every KEYINT frames, so a browser can show any base frame quickly."""
+    out = subprocess.run(["ffprobe", "-v", "error", "-select_streams", "v", "-show_entries", "frame=key_frame",
+                          "-of", "csv=p=0", str(built("German_20s").path / "video.mp4")],
+                         capture_output=True, text=True, check=True)
+    keys = [i for i, line in enumerate(out.stdout.split()) if line.startswith("1")]
+    assert keys[0] == 0 and max(np.diff(keys)) <= video.KEYINT
+
+
 @pytest.mark.parametrize("name", CLIPS)
 def test_every_clip_verifies_and_is_clean(built, name):
     r = built(name)
