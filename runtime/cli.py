@@ -17,7 +17,8 @@ from . import __version__
 from .errors import LipsyncError
 from .generators import parse_chain
 from .server import ServerConfig, serve_until_signal
-from .store import PackageStore
+from .package import Package
+from .store import PackageStore, check_servable
 
 ENV_PREFIX = "LIPSYNC_SERVE_"
 
@@ -72,7 +73,7 @@ def main(argv: list[str] | None = None) -> int:
         store = PackageStore(args.path, chain=config.chain, jpeg_quality=config.jpeg_quality)
         for name in store.names():       # open each now: a broken package shows here, not mid-session
             try:
-                store.get(name)
+                check_servable(Package.open(store.folder(name)))
             except LipsyncError as exc:
                 if store.single:
                     raise

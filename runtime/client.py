@@ -171,14 +171,20 @@ class Client:
                 await self.send(AudioChunk(seq=seq, sample_rate=rate, sample_format=fmt, package=package,
                                            pcm=float32_to_pcm(padded[i * step:(i + 1) * step], fmt)))
 
+        if n == 0:
+            return
+        last_seq = (self._seq + n) & 0xFFFF_FFFF      # the seq the producer will give the last chunk
         task = asyncio.create_task(producer())
         try:
-            for _ in range(n):
+            while True:
                 msg = await self.recv()
                 if isinstance(msg, Error):
                     raise ServerError(msg)
                 if isinstance(msg, Frame):
+                    # a server under back-pressure drops the oldest frames: those seqs never come
                     yield msg, time.perf_counter() - sent.pop(msg.seq, time.perf_counter())
+                    if msg.seq == last_seq:
+                        break
             await task
         finally:
             task.cancel()

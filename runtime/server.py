@@ -31,8 +31,8 @@ import mimetypes
 import re
 import signal
 import socket
+import time
 from collections import deque
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
@@ -45,10 +45,10 @@ from websockets.http11 import Request, Response
 from . import __version__
 from .errors import InputError
 from .package import read_manifest
-from .protocol import (MAX_MESSAGE_BYTES, NO_SEQ, ErrorCode, Frame, Message, ProtocolError, decode,
-                       decode_json, encode, encode_json, error_reply)
-from .session import Session
+from .protocol import (MAX_MESSAGE_BYTES, ErrorCode, Hello, Message, ProtocolError, Stats, StatsRequest,
+                       decode, decode_json, encode, encode_json, error_reply)
 from .store import Metrics, PackageStore
+from .workers import WorkerDied, WorkerPool
 
 log = logging.getLogger("lipsync.server")
 
@@ -69,7 +69,7 @@ class ServerConfig:
     max_message_bytes: int = MAX_MESSAGE_BYTES
     queue_frames: int = 32                   # per-session outgoing frames before the oldest is dropped
     flush_ms: int = 120                      # answer look-ahead-pending chunks after this much quiet
-    workers: int = 2                         # render threads (one per core here)
+    workers: int = 2                         # render processes (one per core here)
     max_sessions: int = 64
     jpeg_quality: int = 85
     drain_s: float = 1.0                     # SIGTERM: time to send queued frames before closing
@@ -92,38 +92,41 @@ def is_loopback(host: str) -> bool:
 
 
 class OutQueue:
-    """A session's outgoing messages; over ``limit`` frames, the oldest frame is dropped.
+    """A session's outgoing messages, encoded; over ``limit`` frames, the oldest frame is dropped.
 
-    Control messages (CAPABILITIES, STATS, ERROR) are never dropped.
+    Items are ``(is_frame, data)``. Control messages (CAPABILITIES, STATS, ERROR)
+    are never dropped. Each drop is counted in ``metrics`` at once.
     """
 
-    def __init__(self, limit: int):
+    def __init__(self, limit: int, metrics: Metrics):
         self.limit = limit
-        self.items: deque[Message] = deque()
+        self.metrics = metrics
+        self.items: deque[tuple[bool, bytes | str]] = deque()
         self.frames = 0
         self.dropped = 0
         self.ready = asyncio.Event()
 
-    def put(self, msg: Message) -> None:
-        if isinstance(msg, Frame):
+    def put(self, is_frame: bool, data: bytes | str) -> None:
+        if is_frame:
             if self.frames >= self.limit:
-                for i, old in enumerate(self.items):
-                    if isinstance(old, Frame):
+                for i, (old_is_frame, _) in enumerate(self.items):
+                    if old_is_frame:
                         del self.items[i]
                         self.frames -= 1
                         self.dropped += 1
+                        self.metrics.count("dropped")
                         break
             self.frames += 1
-        self.items.append(msg)
+        self.items.append((is_frame, data))
         self.ready.set()
 
-    def pop(self) -> Message | None:
+    def pop(self) -> bytes | str | None:
         if not self.items:
             self.ready.clear()
             return None
-        msg = self.items.popleft()
-        self.frames -= isinstance(msg, Frame)
-        return msg
+        is_frame, data = self.items.popleft()
+        self.frames -= is_frame
+        return data
 
 
 def _response(status: int, body: bytes, ctype: str, extra: list[tuple[str, str]] | None = None) -> Response:
@@ -148,7 +151,7 @@ class LipsyncServer:
         self.store = store
         self.config = config
         self.metrics = Metrics()
-        self.pool = ThreadPoolExecutor(max_workers=config.workers, thread_name_prefix="render")
+        self.pool = WorkerPool(store.path, self.metrics, config.workers, config.chain, config.jpeg_quality)
         self._server = None
         self._sessions: set[asyncio.Task] = set()
         self.port: int | None = None
@@ -156,6 +159,7 @@ class LipsyncServer:
     # ------------------------------------------------------------ lifecycle
 
     async def start(self) -> None:
+        await self.pool.start()
         self._server = await serve(
             self._connection, self.config.host, self.config.port,
             process_request=self._http, max_size=self.config.max_message_bytes,
@@ -184,7 +188,7 @@ class LipsyncServer:
         if self._sessions:
             await asyncio.wait(list(self._sessions), timeout=0.3)
         self._server = None
-        self.pool.shutdown(wait=False, cancel_futures=True)
+        await self.pool.stop()
         self.store.close()
 
     # ------------------------------------------------------------ HTTP
@@ -264,59 +268,75 @@ class LipsyncServer:
 
     async def _connection(self, ws: ServerConnection) -> None:
         task = asyncio.current_task()
-        queue = OutQueue(self.config.queue_frames)
+        queue = OutQueue(self.config.queue_frames, self.metrics)
         task.queue = queue                       # for stop(): is anything left to send?
         self._sessions.add(task)
         self.metrics.count("sessions_active")
         self.metrics.count("sessions_total")
-        session = Session(self.store, self.metrics)
-        sender = asyncio.create_task(self._send_loop(ws, queue, session))
+        state = {"encoding": "binary", "pending": 0, "frames": 0}
+        sender = asyncio.create_task(self._send_loop(ws, queue, state))
         peer = ws.remote_address
+        try:
+            worker, sid = self.pool.open()
+        except WorkerDied as exc:
+            await ws.close(1011, str(exc)[:120])
+            worker = None
         log.info("session open from %s", peer)
         try:
-            await self._receive_loop(ws, queue, session)
+            if worker is not None:
+                await self._receive_loop(ws, queue, state, worker, sid)
         except ConnectionClosed:
             pass
+        except WorkerDied as exc:
+            log.error("session from %s lost its render process: %s", peer, exc)
+            queue.put(False, self._encode(error_reply(ProtocolError(ErrorCode.INTERNAL, str(exc))), state))
+            await asyncio.sleep(0.05)
+            await ws.close(1011, "render process died")
         finally:
             sender.cancel()
+            if worker is not None:
+                self.pool.close(worker, sid)
             self.metrics.count("sessions_active", -1)
-            self.metrics.count("dropped", queue.dropped)
             self._sessions.discard(task)
-            log.info("session closed from %s: %d frames out, %d dropped", peer, session.frames_out, queue.dropped)
+            log.info("session closed from %s: %d frames out, %d dropped", peer, state["frames"], queue.dropped)
 
-    async def _receive_loop(self, ws: ServerConnection, queue: OutQueue, session: Session) -> None:
-        loop = asyncio.get_running_loop()
+    @staticmethod
+    def _encode(msg: Message, state: dict) -> bytes | str:
+        return encode_json(msg) if state["encoding"] == "json" else encode(msg)
+
+    async def _receive_loop(self, ws: ServerConnection, queue: OutQueue, state: dict, worker, sid: int) -> None:
         max_size = self.config.max_message_bytes
         while True:
-            timeout = self.config.flush_ms / 1000 if session.chunk_seqs else None
+            timeout = self.config.flush_ms / 1000 if state["pending"] else None
             try:
                 data = await asyncio.wait_for(ws.recv(), timeout)
             except TimeoutError:
-                for msg in await loop.run_in_executor(self.pool, session.flush):
-                    queue.put(msg)
-                continue
-            try:
-                msg = decode(data, max_size) if isinstance(data, bytes) else decode_json(data, max_size)
-            except ProtocolError as exc:
-                self.metrics.error(exc.code.name)
-                queue.put(error_reply(exc))
-                continue
-            try:
-                replies = await loop.run_in_executor(self.pool, session.handle, msg)
-            except Exception as exc:             # a bug must not kill the server, nor the session
-                log.exception("session failed on %s", type(msg).__name__)
-                replies = [error_reply(ProtocolError(ErrorCode.INTERNAL, f"server error: {exc}",
-                                                     getattr(msg, "seq", NO_SEQ)))]
-            for r in replies:
-                queue.put(r)
+                reply = await self.pool.call(worker, sid, "flush")
+            else:
+                received = time.perf_counter()
+                try:
+                    msg = decode(data, max_size) if isinstance(data, bytes) else decode_json(data, max_size)
+                except ProtocolError as exc:
+                    self.metrics.error(exc.code.name)
+                    queue.put(False, self._encode(error_reply(exc), state))
+                    continue
+                if isinstance(msg, StatsRequest):         # the counters live here, not in the workers
+                    queue.put(False, self._encode(Stats(seq=msg.seq, stats=self.metrics.snapshot()), state))
+                    continue
+                if isinstance(msg, Hello):
+                    state["encoding"] = msg.encoding
+                reply = await self.pool.call(worker, sid, "msg", msg, received)
+            state["pending"] = reply.pending
+            for is_frame, out in reply.out:
+                state["frames"] += is_frame
+                queue.put(is_frame, out)
 
-    async def _send_loop(self, ws: ServerConnection, queue: OutQueue, session: Session) -> None:
+    async def _send_loop(self, ws: ServerConnection, queue: OutQueue, state: dict) -> None:
         while True:
             await queue.ready.wait()
-            msg = queue.pop()
-            if msg is None:
+            data = queue.pop()
+            if data is None:
                 continue
-            data = encode_json(msg) if session.encoding == "json" else encode(msg)
             try:
                 await ws.send(data)
             except ConnectionClosed:

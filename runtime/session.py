@@ -24,7 +24,9 @@ from .protocol import (CHUNK_MS, WINDOW_MS, AudioChunk, Capabilities, Error, Err
                        Message, ProtocolError, Stats, StatsRequest, SwitchPackage, WindowRequest,
                        pcm_to_float32)
 from .store import Metrics, PackageStore, Rendered, Renderer
-from .stream import AudioStream, Resampler, window_from_pcm
+from .stream import IDLE_RMS, AudioStream, Resampler, window_from_pcm
+
+OVERLOAD_S = 0.15       # a message that waited this long before work began is rendered by the cheapest tier
 
 
 def pingpong(t: int, n: int) -> int:
@@ -89,13 +91,20 @@ class Session:
 
     # ------------------------------------------------------------ dispatch
 
-    def handle(self, msg: Message) -> list[Message]:
-        """Answer one decoded message. Never raises for a client's mistake: it answers ERROR."""
+    def handle(self, msg: Message, received_at: float | None = None) -> list[Message]:
+        """Answer one decoded message. Never raises for a client's mistake: it answers ERROR.
+
+        ``received_at`` (``time.perf_counter()`` when the server read the message) makes
+        ``server_us`` include queueing; when the wait exceeded OVERLOAD_S, frames are
+        rendered by the chain's cheapest tier so that a late session catches up.
+        """
+        started = time.perf_counter() if received_at is None else received_at
+        degrade = time.perf_counter() - started > OVERLOAD_S
         try:
             if isinstance(msg, AudioChunk):
-                return self._chunk(msg)
+                return self._chunk(msg, started, degrade)
             if isinstance(msg, WindowRequest):
-                return self._window(msg)
+                return self._window(msg, started, degrade)
             if isinstance(msg, Hello):
                 self.encoding = msg.encoding
                 return [Capabilities(seq=msg.seq, packages=tuple(self.store.names()))]
@@ -117,8 +126,7 @@ class Session:
         return self._error(ErrorCode.UNKNOWN_PACKAGE, f"no package named {name!r} on this server; "
                            f"it serves {', '.join(self.store.names())}", seq)
 
-    def _chunk(self, msg: AudioChunk) -> list[Message]:
-        started = time.perf_counter()
+    def _chunk(self, msg: AudioChunk, started: float, degrade: bool) -> list[Message]:
         try:
             renderer = self._use(msg.package or self.package)
         except KeyError:
@@ -130,9 +138,9 @@ class Session:
                                 "expected finite samples in [-1, 1]", msg.seq)
         self.audio.push(samples, msg.sample_rate)
         self.chunk_seqs.append(msg.seq)
-        return self._emit(renderer, started)
+        return self._emit(renderer, started, degrade)
 
-    def _emit(self, renderer: Renderer, started: float) -> list[Message]:
+    def _emit(self, renderer: Renderer, started: float, degrade: bool = False) -> list[Message]:
         ready = self.audio.pop()
         if not ready:
             return []
@@ -140,7 +148,7 @@ class Session:
         bases = [pingpong(self.tick + i, n) for i in range(len(ready))]
         self.tick += len(ready)
         rendered = renderer.render(bases, [f.mel for f in ready], [self._states] * len(ready),
-                                   [f.silent for f in ready])
+                                   [f.silent for f in ready], degrade)
         return [self._frame(self.chunk_seqs.popleft(), r, started) for r in rendered]
 
     def flush(self) -> list[Message]:
@@ -153,8 +161,7 @@ class Session:
         self.audio = AudioStream(fps=1000 / CHUNK_MS)   # the next chunk starts a new stream
         return out
 
-    def _window(self, msg: WindowRequest) -> list[Message]:
-        started = time.perf_counter()
+    def _window(self, msg: WindowRequest, started: float, degrade: bool) -> list[Message]:
         name = msg.package or self.store.default
         try:
             renderer = self.store.get(name)
@@ -171,8 +178,8 @@ class Session:
         mel = window_from_pcm(x16)
         mid = len(x16) // 2
         own = x16[mid - 320:mid + 320]
-        silent = float(np.sqrt(np.mean(np.square(own, dtype=np.float64)))) < 0.01
-        rendered = renderer.render([msg.frame_id], [mel], [renderer.chain.new_state()], [silent])[0]
+        silent = float(np.sqrt(np.mean(np.square(own, dtype=np.float64)))) < IDLE_RMS
+        rendered = renderer.render([msg.frame_id], [mel], [renderer.chain.new_state()], [silent], degrade)[0]
         us = int((time.perf_counter() - started) * 1e6)
         self.metrics.frame(name, us, rendered.status, rendered.tier)
         self.frames_out += 1

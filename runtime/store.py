@@ -40,14 +40,19 @@ class Rendered:
     tier: str
 
 
+def check_servable(package: Package) -> None:
+    """PackageError unless the package streams at one frame per chunk (25 fps)."""
+    if abs(package.fps * CHUNK_MS - 1000) > 1e-6:
+        raise PackageError(f"{package.root}: package is at {package.fps:g} fps, but the protocol streams "
+                           f"{CHUNK_MS} ms chunks (25 fps); rebuild it with `lipsync-pack build --fps 25`")
+
+
 class Renderer:
     """One open package: its generator chain, JPEG encoding and paste-back bounds."""
 
     def __init__(self, name: str, package: Package, chain_spec: str | None = None,
                  jpeg_quality: int = JPEG_QUALITY):
-        if abs(package.fps * CHUNK_MS - 1000) > 1e-6:
-            raise PackageError(f"{package.root}: package is at {package.fps:g} fps, but the protocol streams "
-                               f"{CHUNK_MS} ms chunks (25 fps); rebuild it with `lipsync-pack build --fps 25`")
+        check_servable(package)
         self.name = name
         self.package = package
         self.chain: Chain = build_chain(package, chain_spec)
@@ -56,13 +61,17 @@ class Renderer:
         self.frames = package.frames
 
     def render(self, bases: list[int], mels: list[np.ndarray], states: list[dict],
-               silent: list[bool]) -> list[Rendered]:
-        """Render a batch; silent frames get the base crop without a generator call."""
+               silent: list[bool], degrade: bool = False) -> list[Rendered]:
+        """Render a batch; silent frames get the base crop without a generator call.
+
+        ``degrade``: the server is behind; use the chain's cheapest tier (tier name gets ":overload").
+        """
         out: list[Rendered | None] = [None] * len(bases)
         speak = [i for i, s in enumerate(silent) if not s]
         if speak:
             crops, tier = self.chain.render([bases[i] for i in speak], [mels[i] for i in speak],
-                                            [states[i] for i in speak])
+                                            [states[i] for i in speak], degrade=degrade)
+            tier = f"{tier}:overload" if degrade else tier
             for i, crop in zip(speak, crops):
                 out[i] = self._finish(FrameStatus.OK, bases[i], crop, tier)
         crops = self.package.crops
@@ -150,6 +159,7 @@ class PackageStore:
         root = Path(path).expanduser().resolve()
         if not root.is_dir():
             raise InputError(f"{path}: no such folder; pass a package folder or a folder of packages")
+        self.path = root
         self.single = (root / MANIFEST).is_file()
         self.root = root.parent if self.single else root
         self._only = root.name if self.single else None

@@ -56,11 +56,14 @@ class Chain:
         for g in self.tiers:
             g.reset(state[g.name])
 
-    def render(self, bases: Sequence[int], mels: Sequence[np.ndarray],
-               states: Sequence[dict]) -> tuple[list[np.ndarray], str]:
-        """Render a batch with the first tier that succeeds; returns (crops, tier name)."""
+    def render(self, bases: Sequence[int], mels: Sequence[np.ndarray], states: Sequence[dict],
+               degrade: bool = False) -> tuple[list[np.ndarray], str]:
+        """Render a batch with the first tier that succeeds; returns (crops, tier name).
+
+        With ``degrade`` (the server is behind), only the last, cheapest tier is tried.
+        """
         last: Exception | None = None
-        for g in self.tiers:
+        for g in (self.tiers[-1:] if degrade else self.tiers):
             reqs = [Request(b, m, s[g.name]) for b, m, s in zip(bases, mels, states)]
             try:
                 out = g.render(reqs)
