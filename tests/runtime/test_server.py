@@ -393,3 +393,26 @@ def test_runtime_imports_stay_minimal():
             "print(sorted(m for m in sys.modules if m.split('.')[0] in bad))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_a_dead_render_process_is_replaced(packages_dir, speech):
+    with running_server(packages_dir, workers=1) as srv:
+        async def go():
+            c = Client(srv.ws)
+            await c.connect()
+            srv.server.pool.workers[0].process.kill()       # a crash in native code, say
+            await c.send(AudioChunk(seq=c.next_seq(), pcm=float32_to_pcm(speech[:640])))
+            try:
+                reply = await c.recv()
+            except ConnectionClosed:
+                reply = None
+            deadline = time.monotonic() + 30
+            while not srv.server.pool.workers[0].alive and time.monotonic() < deadline:
+                await asyncio.sleep(0.1)
+            async with Client(srv.ws) as c2:
+                frames = await collect(c2, speech[16_000 * 5:16_000 * 5 + 6400])
+            return reply, frames
+
+        reply, frames = run(go())
+    assert reply is None or (isinstance(reply, Error) and reply.code == ErrorCode.INTERNAL)
+    assert len(frames) == 10

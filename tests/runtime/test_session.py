@@ -1,0 +1,61 @@
+"""The sans-I/O session: what the server answers, without sockets."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+
+from runtime.protocol import AudioChunk, Capabilities, Error, ErrorCode, Frame, FrameStatus, Hello, float32_to_pcm
+from runtime.session import OVERLOAD_S, Session, pingpong
+from runtime.store import Metrics, PackageStore
+
+
+def chunk(seq, samples):
+    return AudioChunk(seq=seq, pcm=float32_to_pcm(samples))
+
+
+def test_pingpong_walks_back_and_forth():
+    assert [pingpong(t, 4) for t in range(10)] == [0, 1, 2, 3, 2, 1, 0, 1, 2, 3]
+    assert [pingpong(t, 1) for t in range(3)] == [0, 0, 0]
+
+
+def test_frames_follow_chunks_after_two_chunks_of_lookahead(packages_dir, speech):
+    s = Session(PackageStore(packages_dir), Metrics())
+    assert isinstance(s.handle(Hello(seq=0))[0], Capabilities)
+    x = speech[16_000 * 5:]
+    answers = [s.handle(chunk(100 + i, x[i * 640:(i + 1) * 640])) for i in range(6)]
+    assert [len(a) for a in answers] == [0, 0, 1, 1, 1, 1]
+    assert [a[0].seq for a in answers[2:]] == [100, 101, 102, 103]
+    tail = s.flush()                            # the client went quiet: the last two chunks
+    assert [f.seq for f in tail] == [104, 105]
+    assert [f.base_frame for a in answers[2:] for f in a] + [f.base_frame for f in tail] == list(range(6))
+
+
+def test_overload_uses_the_cheapest_tier(packages_dir, speech):
+    metrics = Metrics()
+    s = Session(PackageStore(packages_dir), metrics)
+    x = speech[16_000 * 5:]
+    late = time.perf_counter() - OVERLOAD_S - 0.05          # as if it waited in a queue
+    out = []
+    for i in range(8):
+        out += s.handle(chunk(i, x[i * 640:(i + 1) * 640]), received_at=late)
+    assert all(isinstance(f, Frame) for f in out)
+    assert all(f.server_us > OVERLOAD_S * 1e6 for f in out)  # the wait is part of the server time
+    tiers = metrics.snapshot()["packages"]["anchor"]["tiers"]
+    assert set(tiers) <= {"static:overload", "idle"} and tiers.get("static:overload", 0) > 0
+
+
+def test_unknown_package_in_a_chunk_keeps_the_session(packages_dir, speech):
+    s = Session(PackageStore(packages_dir), Metrics())
+    err = s.handle(AudioChunk(seq=3, package="face1/../anchor", pcm=float32_to_pcm(speech[:640])))[0]
+    assert isinstance(err, Error) and err.code == ErrorCode.UNKNOWN_PACKAGE and err.seq == 3
+    assert s.package == "anchor"
+
+
+def test_idle_frames_for_silence(packages_dir):
+    s = Session(PackageStore(packages_dir), Metrics())
+    out = []
+    for i in range(5):
+        out += s.handle(chunk(i, np.zeros(640, np.float32)))
+    assert len(out) == 3 and all(f.status == FrameStatus.IDLE for f in out)
