@@ -137,13 +137,26 @@ class Package:
     def frames(self) -> int:
         return int(self.manifest["video"]["frames"])
 
+    @property
+    def has_split(self) -> bool:
+        return "split" in self.manifest
+
     @cached_property
     def train_range(self) -> range:
-        """Frames that generators and training may use (the held-out tail excluded)."""
+        """Frames that generators and training may use (the held-out tail excluded).
+
+        A package without a split (written before it existed) trains on every frame.
+        """
+        if not self.has_split:
+            return range(self.frames)
         return range(*self.manifest["split"]["train_frames"])
 
     @cached_property
     def holdout_range(self) -> range:
+        """The held-out tail; PackageError for a package without a split."""
+        if not self.has_split:
+            raise PackageError(f"{self.root}: this package has no held-out split (it was built before packages "
+                               f"recorded one); rebuild it with `lipsync-pack build VIDEO -o {self.root} --force`")
         return range(*self.manifest["split"]["holdout_frames"])
 
     crops = property(lambda self: self.array("crops"), doc="uint8 [N, S, S, 3] RGB face crops")

@@ -48,9 +48,9 @@ def test_manifest_schema_rejects_bad_fields(package_copy):
     extra = dict(manifest, surprise=1)
     with pytest.raises(PackageError, match="surprise"):
         validate_manifest(extra)
-    no_split = {k: v for k, v in manifest.items() if k != "split"}
-    with pytest.raises(PackageError, match="split"):
-        validate_manifest(no_split)
+    no_video = {k: v for k, v in manifest.items() if k != "video"}
+    with pytest.raises(PackageError, match="video"):
+        validate_manifest(no_video)
 
 
 def test_open_refuses_corrupt_manifest(package_copy):
@@ -70,3 +70,20 @@ def test_pickled_arrays_are_refused(package_copy):
     np.save(package_copy / "flags.npy", np.array([{"a": 1}], dtype=object), allow_pickle=True)
     with pytest.raises(PackageError, match="flags.npy"):
         Package.open(package_copy).flags
+
+
+def test_package_without_split_trains_on_everything_and_says_so(package_copy):
+    import json
+
+    from runtime.errors import PackageError
+    from runtime.package import Package
+
+    mpath = package_copy / "manifest.json"
+    manifest = json.loads(mpath.read_text())
+    del manifest["split"]
+    mpath.write_text(json.dumps(manifest))
+    pkg = Package.open(package_copy)
+    assert pkg.train_range == range(pkg.frames)
+    import pytest
+    with pytest.raises(PackageError, match="no held-out split.*rebuild"):
+        pkg.holdout_range

@@ -38,7 +38,7 @@ MUTATIONS = {
     "name_pattern": {("name",): "-bad name"},
     "created_pattern": {("created",): "yesterday"},
     "format_const": {("format",): "other-package"},
-    "missing_split": {("split",): DROP},
+    "missing_split_ok": {("split",): DROP},
     "extra_top_level": {("surprise",): 1},
     "extra_nested": {("tool", "extra"): "x"},
     "missing_nested": {("source", "sha256"): DROP},
