@@ -1,0 +1,183 @@
+"""lipsync-eval on real packages and real audio: report fields, video, quality measures, errors."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+import wave
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from runtime.package import Package
+from runtime.schema import iter_errors, load_schema
+from tests.conftest import AUDIO, ROOT, ffmpeg
+from toolkit.evaluate import quality
+from toolkit.evaluate.evaluate import EvalConfig, evaluate
+from toolkit.evaluate.report import SCHEMA_PATH
+from toolkit.faces import create as create_backend
+
+EVAL = [sys.executable, "-m", "toolkit.evaluate.cli"]
+
+
+def run_eval(*args, timeout=600):
+    return subprocess.run([*EVAL, *args], capture_output=True, text=True, cwd=ROOT, timeout=timeout,
+                          env={**__import__("os").environ, "PYTHONPATH": str(ROOT)})
+
+
+def streams(path: Path) -> dict:
+    out = subprocess.run(["ffprobe", "-v", "error", "-show_entries", "stream=codec_type,duration", "-of", "json",
+                          str(path)], capture_output=True, text=True, check=True)
+    return {s["codec_type"]: float(s["duration"]) for s in json.loads(out.stdout)["streams"]}
+
+
+def wav_seconds(path: Path) -> float:
+    with wave.open(str(path)) as w:
+        return w.getnframes() / w.getframerate()
+
+
+def check_report(folder: Path) -> dict:
+    report = json.loads((folder / "report.json").read_text())
+    errors = list(iter_errors(report, load_schema(SCHEMA_PATH)))
+    assert not errors, [(e.path, e.message) for e in errors[:3]]
+    html = (folder / "report.html").read_text()
+    for plot in report["files"]["plots"]:
+        assert (folder / plot).is_file() and plot in html
+    assert not list(folder.parent.glob(".*partial*")), "a partial report folder was left behind"
+    return report
+
+
+@pytest.fixture(scope="module")
+def anchor(built):
+    return built("German_20s").path
+
+
+def test_eval_with_eng_wav(anchor, tmp_path):
+    proc = run_eval(str(anchor), "--audio", str(AUDIO["eng"]), "-o", str(tmp_path), "--quiet")
+    assert proc.returncode == 0, proc.stderr
+    folder = Path(proc.stdout.strip())
+    report = check_report(folder)
+    seconds = wav_seconds(AUDIO["eng"])
+    assert abs(report["frames"] - seconds * 25) <= 1
+    assert report["generator"] == "retrieval" and report["mode"] == "in-process"
+    lat = report["latency_ms"]
+    assert 0 < lat["p50"] <= lat["p95"] <= lat["p99"] <= lat["max"]
+    gen = report["generators"]["retrieval"]
+    for stage in ("features", "generator", "jpeg", "paste"):
+        assert gen["stages_ms"][stage]["p50"] > 0, stage
+    assert gen["first_frame_ms"] > 0 and gen["fps"] > 25 and 0 < report["realtime_factor"] < 1
+    assert gen["peak_rss_mb"] > 50
+    q = report["quality"]
+    assert len(q["mouth_opening"]["per_frame"]) == report["frames"]
+    assert 0.01 < q["mouth_opening"]["mean"] < 0.2
+    assert -600 <= q["av_offset"]["offset_ms"] <= 600 and 0 <= q["open_in_silence"] <= 1
+    assert "skipped" in q["syncnet"]
+    s = streams(folder / "output.mp4")
+    assert set(s) == {"video", "audio"}
+    assert abs(s["video"] - seconds) < 0.1 and abs(s["audio"] - s["video"]) < 0.1
+    assert report["machine"]["cores"] >= 1
+
+
+def test_holdout_side_by_side(anchor, tmp_path):
+    result = evaluate(anchor, None, EvalConfig(generators=("static", "retrieval"), holdout=True,
+                                               out_dir=str(tmp_path), progress=False))
+    report = check_report(result.path)
+    pkg = Package.open(anchor)
+    assert report["frames"] == len(pkg.holdout_range)
+    gens = report["generators"]
+    assert set(gens) == {"static", "retrieval", "real"}
+    real, static = gens["real"]["quality"], gens["static"]["quality"]
+    assert real["opening_correlation"] == 1.0 and real["lmd_px"] == 0.0      # the real frames against themselves
+    assert abs(static["opening_correlation"]) < 0.35                         # a still mouth does not follow
+    for name in ("static", "retrieval"):
+        q = gens[name]["quality"]
+        assert q["lmd_px"] > 0 and 0 < q["ssim_face"] < 1 and q["psnr_mouth_db"] > 10
+    assert (result.path / "output.mp4").is_file() and (result.path / "output-retrieval.mp4").is_file()
+    assert max(gens["retrieval"]["tiers"]) == "retrieval"
+
+
+def test_offset_estimator_recovers_a_known_shift(anchor):
+    pkg = Package.open(anchor)
+    meter = quality.MouthMeter(create_backend("dlib"), pkg)
+    hold = pkg.holdout_range
+    real = np.stack([meter.measure(np.asarray(pkg.crops[k]), k) for k in hold])
+    opening = quality.mouth_opening(real)
+    with wave.open(str(anchor / "audio.wav")) as w:
+        audio = np.frombuffer(w.readframes(w.getnframes()), np.int16).astype(np.float32) / 32768
+    segment = audio[hold.start * 640:hold.stop * 640]
+    shifted = audio[hold.start * 640 - 1920:hold.stop * 640 - 1920]      # the audio 120 ms late
+    base = quality.av_offset(quality.audio_envelope(segment, len(hold)), opening)
+    late = quality.av_offset(quality.audio_envelope(shifted, len(hold)), opening)
+    assert abs((late["offset_ms"] - base["offset_ms"]) - 120) <= 40, (base["offset_ms"], late["offset_ms"])
+    assert late["offset_ms"] > base["offset_ms"]
+
+
+def test_quality_measures_on_known_inputs():
+    img = np.random.default_rng(0).integers(0, 255, (64, 64, 3), dtype=np.uint8)
+    assert quality.ssim(img, img) == pytest.approx(1.0) and quality.psnr(img, img) == float("inf")
+    noisy = np.clip(img.astype(int) + 10, 0, 255).astype(np.uint8)
+    assert 20 < quality.psnr(img, noisy) < 40
+    t = np.sin(np.arange(200) / 3.0)
+    assert quality.av_offset(t, np.roll(t, 2))["offset_frames"] == -2          # mouth 2 frames after the audio
+    assert quality.pearson(t, t) == pytest.approx(1.0) and quality.pearson(t, np.ones(200)) == 0.0
+    assert quality.open_in_silence(np.zeros(4), np.array([0.1, 0.0, 0.0, 0.0])) == 0.25
+    assert quality.open_in_silence(np.ones(4), np.zeros(4)) is None
+
+
+def test_eval_against_a_running_server(built, anchor, tmp_path):
+    from tests.runtime.conftest import running_server
+
+    served = tmp_path / "served"
+    served.mkdir()
+    (served / anchor.name).symlink_to(anchor, target_is_directory=True)
+    clip = tmp_path / "clip.wav"
+    ffmpeg("-i", str(AUDIO["demo1_audio"]), "-t", "3", "-ar", "16000", "-ac", "1", str(clip))
+    with running_server(served) as srv:
+        result = evaluate(anchor, clip, EvalConfig(server=srv.ws, out_dir=str(tmp_path / "r"), progress=False))
+    report = check_report(result.path)
+    assert report["mode"] == "server" and report["frames"] == 75
+    client = report["generators"]["server"]["client"]
+    assert client["rtt_ms"]["p50"] > 0
+    assert client["audio_to_frame_ms"]["p50"] >= client["rtt_ms"]["p50"] + 40 - 1e-6
+    assert client["lookahead_ms"] == 80
+    assert set(streams(result.path / "output.mp4")) == {"video", "audio"}
+
+
+@pytest.mark.parametrize("case", ["missing package", "corrupt package", "unreadable audio", "too short",
+                                  "no audio", "unreachable server", "no split", "unknown generator"])
+def test_bad_input_one_line_and_no_report(case, anchor, package_copy, tmp_path):
+    out = tmp_path / "reports"
+    args = [str(anchor), "--audio", str(AUDIO["demo1_audio"])]
+    if case == "missing package":
+        args[0] = str(tmp_path / "nope")
+    elif case == "corrupt package":
+        (package_copy / "manifest.json").write_text("{ not json")
+        args[0] = str(package_copy)
+    elif case == "unreadable audio":
+        bad = tmp_path / "bad.wav"
+        bad.write_text("this is not audio")
+        args[2] = str(bad)
+    elif case == "too short":
+        short = tmp_path / "short.wav"
+        ffmpeg("-i", str(AUDIO["demo1_audio"]), "-t", "0.02", str(short))
+        args[2] = str(short)
+    elif case == "no audio":
+        args = [str(anchor)]
+    elif case == "unreachable server":
+        args += ["--server", "ws://127.0.0.1:9/ws"]
+    elif case == "no split":
+        manifest = json.loads((package_copy / "manifest.json").read_text())
+        del manifest["split"]
+        (package_copy / "manifest.json").write_text(json.dumps(manifest))
+        args = [str(package_copy), "--holdout"]
+    elif case == "unknown generator":
+        args += ["--generator", "magic"]
+    proc = run_eval(*args, "-o", str(out))
+    assert proc.returncode != 0
+    lines = [line for line in proc.stderr.strip().splitlines() if line.strip()]
+    errors = [line for line in lines if line.startswith("error:")]
+    assert len(errors) == 1 and lines[-1] == errors[0], proc.stderr
+    assert not out.exists() or not any(out.iterdir())

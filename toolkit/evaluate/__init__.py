@@ -1,0 +1,1 @@
+"""Evaluation of lip-sync output (SyncNet LSE-D / LSE-C, ...)."""

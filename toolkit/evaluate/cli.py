@@ -1,0 +1,82 @@
+"""``lipsync-eval PACKAGE``: latency and lip-sync quality, written to a report folder.
+
+A thin shell over :func:`toolkit.evaluate.evaluate.evaluate`. Expected failures
+print one ``error:`` line and exit non-zero; options can come from the
+environment (``LIPSYNC_EVAL_GENERATOR=static,retrieval``).
+"""
+
+from __future__ import annotations
+
+import signal
+import sys
+from pathlib import Path
+
+import click
+
+from runtime import __version__
+from runtime.errors import InputError, LipsyncError
+
+
+class Terminated(Exception):
+    """SIGTERM arrived; raised so the partial report folder is removed."""
+
+
+def _sigterm(signum, frame):
+    raise Terminated()
+
+
+@click.command(context_settings={"auto_envvar_prefix": "LIPSYNC_EVAL", "help_option_names": ["-h", "--help"]})
+@click.argument("package", type=click.Path(path_type=Path))
+@click.option("--audio", type=click.Path(path_type=Path), default=None,
+              help="Speech to drive the face (any format ffmpeg reads).")
+@click.option("--holdout", is_flag=True,
+              help="Self-reenactment: drive with the package's held-out audio, compare with its held-out frames.")
+@click.option("--generator", default="retrieval", show_default=True,
+              help="Generators to compare, comma-separated (static, retrieval).")
+@click.option("--server", default=None, help="Evaluate a running lipsync-serve instead, e.g. ws://127.0.0.1:8765/ws.")
+@click.option("--syncnet-weights", type=click.Path(path_type=Path), default=None,
+              help="syncnet_v2.model (from syncnet_python) for LSE-D and LSE-C; skipped without it.")
+@click.option("-o", "--out", type=click.Path(path_type=Path), default=Path("reports"), show_default=True,
+              help="Folder that receives <package>-<time>/.")
+@click.option("--quiet", is_flag=True, help="No progress bars; print only the report folder.")
+@click.version_option(__version__, prog_name="lipsync-eval")
+def main(package, audio, holdout, generator, server, syncnet_weights, out, quiet):
+    """Evaluate PACKAGE: per-stage latency, quality measures, an output video and an HTML report."""
+    from .evaluate import EvalConfig, evaluate
+
+    signal.signal(signal.SIGTERM, _sigterm)
+    try:
+        names = tuple(g.strip() for g in generator.split(",") if g.strip())
+        if not names:
+            raise InputError("--generator is empty; give e.g. static,retrieval")
+        config = EvalConfig(generators=names, holdout=holdout, server=server,
+                            syncnet_weights=str(syncnet_weights) if syncnet_weights else None,
+                            out_dir=str(out), progress=not quiet)
+        result = evaluate(package, audio, config)
+    except LipsyncError as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(exc.exit_code)
+    except Terminated:
+        click.echo("error: terminated; no report written", err=True)
+        sys.exit(143)
+    except KeyboardInterrupt:
+        click.echo("error: interrupted; no report written", err=True)
+        sys.exit(130)
+    if quiet:
+        click.echo(str(result.path))
+        return
+    r = result.report
+    click.echo(f"report     {result.path}/report.html")
+    for name, g in r["generators"].items():
+        q = g["quality"]
+        lat = g.get("latency_ms") or {}
+        line = (f"{name:<10} frames {g['frames']}  server p50/p95 {lat.get('p50', '-')}/{lat.get('p95', '-')} ms"
+                f"  offset {q['av_offset']['offset_ms']:+.0f} ms  flicker {q['flicker']}")
+        if "lmd_px" in q:
+            line += f"  LMD {q['lmd_px']} px  opening corr {q['opening_correlation']}"
+        click.echo(line)
+    click.echo(f"time       {result.seconds:.1f}s")
+
+
+if __name__ == "__main__":
+    main(prog_name="lipsync-eval")

@@ -1,0 +1,307 @@
+"""``lipsync-eval``: the whole evaluation, from package and audio to a report folder.
+
+:func:`evaluate` is the API; the CLI (``toolkit/evaluate/cli.py``) only parses
+options and calls it. Steps:
+
+1. open the package, read the audio (a file, or with ``holdout`` the package's
+   own audio of its held-out tail);
+2. for each generator, render every frame in real-time order
+   (:mod:`toolkit.evaluate.harness`), compose full frames over the package video
+   and write ``output.mp4`` with the audio muxed in;
+3. measure quality (:mod:`toolkit.evaluate.quality`, SyncNet if weights are given);
+4. write ``report.json``, the plots and ``report.html`` into a hidden folder and
+   rename it to ``reports/<package>-<timestamp>/``.
+
+With ``holdout``, the generators render onto training frames (walked ping-pong,
+as the server does) driven by the held-out audio, and are compared with the real
+held-out frames; a pseudo-generator ``real`` (the held-out frames themselves)
+gives the reference row.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from runtime.errors import InputError, LipsyncError, PackageError
+from runtime.generators import GENERATORS
+from runtime.package import Package
+from runtime.session import pingpong
+
+from .. import video
+from ..faces import create as create_backend
+from . import harness, quality
+from .report import write_report
+
+SAMPLE_RATE = 16_000
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    """What to evaluate and how."""
+
+    generators: tuple[str, ...] = ("retrieval",)    # side by side in one report
+    holdout: bool = False                            # self-reenactment on the held-out tail
+    server: str | None = None                        # ws://HOST:PORT/ws of a running lipsync-serve
+    syncnet_weights: str | None = None               # syncnet_v2.model: LSE-D / LSE-C
+    landmarks: str = "dlib"                          # backend measuring mouths on the frames
+    out_dir: str = "reports"
+    progress: bool = True
+
+
+@dataclass
+class Evaluation:
+    path: Path                                       # the report folder
+    report: dict
+    seconds: float = 0.0
+    notes: list = field(default_factory=list)
+
+
+def _open(path: str | Path) -> Package:
+    try:
+        return Package.open(path)
+    except PackageError as exc:
+        raise PackageError(f"{exc} (lipsync-eval needs a package built by `lipsync-pack build`)") from None
+
+
+def _audio(config: EvalConfig, audio: str | Path | None, pkg: Package) -> tuple[np.ndarray, str]:
+    spf = SAMPLE_RATE // int(round(pkg.fps))
+    if config.holdout:
+        if audio is not None:
+            raise InputError("give either --audio or --holdout (which uses the package's own held-out audio)")
+        hold = pkg.holdout_range
+        if len(hold) == 0:
+            raise PackageError(f"{pkg.root}: the held-out split is empty; rebuild with --holdout 0.15")
+        wav = video.read_audio(pkg.root / "audio.wav", SAMPLE_RATE)
+        return wav[hold.start * spf:hold.stop * spf], f"{pkg.root / 'audio.wav'} (held-out frames {hold.start}-{hold.stop - 1})"
+    if audio is None:
+        raise InputError("no audio: give --audio FILE (any format ffmpeg reads), or --holdout")
+    path = Path(audio)
+    if not path.is_file():
+        raise InputError(f"{path}: no such audio file")
+    try:
+        wav = video.read_audio(path, SAMPLE_RATE)
+    except LipsyncError as exc:
+        raise InputError(f"{path}: unreadable audio ({str(exc).splitlines()[0]}); give a wav, mp3, m4a, ...") from None
+    if len(wav) < spf:
+        raise InputError(f"{path}: {len(wav) / SAMPLE_RATE * 1000:.0f} ms of audio is shorter than one video "
+                         f"frame ({1000 / pkg.fps:.0f} ms); give a longer clip")
+    return wav, str(path)
+
+
+class BaseFrames:
+    """The package video's frames that the output needs, decoded once into a memory map."""
+
+    def __init__(self, pkg: Package, needed: np.ndarray, work: Path):
+        uniq = np.unique(needed)
+        self.slot = {int(b): i for i, b in enumerate(uniq)}
+        info = video.probe(pkg.root / "video.mp4")
+        self.frames = np.lib.format.open_memmap(work / "base_frames.npy", mode="w+", dtype=np.uint8,
+                                                shape=(len(uniq), info.height, info.width, 3))
+        wanted = set(self.slot)
+        for k, frame in enumerate(video.iter_frames(info, pkg.fps)):
+            if k in wanted:
+                self.frames[self.slot[k]] = frame
+            if k >= uniq[-1]:
+                break
+        self.width, self.height = info.width, info.height
+
+    def __getitem__(self, base: int) -> np.ndarray:
+        return self.frames[self.slot[int(base)]]
+
+
+class VideoWriter:
+    """Full frames to an H.264 mp4 with the audio muxed in, through one ffmpeg process."""
+
+    def __init__(self, path: Path, width: int, height: int, fps: float, wav: Path):
+        self.path = path
+        args = ["ffmpeg", "-nostdin", "-v", "error", "-y", "-f", "rawvideo", "-pix_fmt", "rgb24",
+                "-s", f"{width}x{height}", "-r", f"{fps:g}", "-i", "pipe:", "-i", str(wav),
+                "-map", "0:v", "-map", "1:a", "-c:v", "libx264", "-preset", "veryfast", "-crf", "20",
+                "-pix_fmt", "yuv420p", "-c:a", "aac", "-b:a", "128k", "-movflags", "+faststart", str(path)]
+        self.proc = subprocess.Popen(args, stdin=subprocess.PIPE, stderr=subprocess.PIPE)
+
+    def write(self, frame: np.ndarray) -> float:
+        t0 = time.perf_counter()
+        self.proc.stdin.write(np.ascontiguousarray(frame).tobytes())
+        return (time.perf_counter() - t0) * 1e3
+
+    def close(self) -> None:
+        self.proc.stdin.close()
+        err = self.proc.stderr.read().decode(errors="replace")
+        if self.proc.wait() != 0:
+            raise LipsyncError(f"ffmpeg could not write {self.path.name}: {err.strip().splitlines()[-1:]}")
+
+
+def _write_wav(path: Path, samples: np.ndarray) -> None:
+    import wave
+    pcm = (np.clip(samples, -1, 1) * 32767).astype("<i2")
+    with wave.open(str(path), "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(SAMPLE_RATE)
+        w.writeframes(pcm.tobytes())
+
+
+def _bases(pkg: Package, frames: int) -> np.ndarray:
+    """Ping-pong over the training frames from frame 0, as the server walks the package."""
+    train = pkg.train_range
+    return np.array([train.start + pingpong(t, len(train)) for t in range(frames)], dtype=np.int64)
+
+
+def _measure(run: harness.Run, meter: quality.MouthMeter, bases: np.ndarray, desc: str, show: bool) -> np.ndarray:
+    out = np.zeros((len(run.crops), 68, 2), np.float32)
+    for k in tqdm(range(len(run.crops)), desc=desc, unit="frame", disable=not show, leave=False):
+        out[k] = meter.measure(run.crops[k], int(bases[k]))
+    return out
+
+
+def _quality(run, lm, real_lm, real_crops, audio, pkg, region, syncnet, env, rms) -> dict:
+    opening = quality.mouth_opening(lm)
+    q = {"mouth_opening": {"mean": round(float(opening.mean()), 4), "std": round(float(opening.std()), 4),
+                           "per_frame": [round(float(v), 4) for v in opening]},
+         "av_offset": quality.av_offset(env, opening, pkg.fps),
+         "open_in_silence": quality.open_in_silence(rms, opening),
+         "flicker": round(quality.flicker(run.crops, region), 3)}
+    if real_lm is not None:
+        real_open = quality.mouth_opening(real_lm)
+        x0, y0, x1, y1 = region
+        cap = lambda v: min(v, 100.0)            # identical images: PSNR is infinite; report 100 dB
+        q.update({
+            "lmd_px": round(quality.lmd_aligned(lm, real_lm), 3),
+            "opening_correlation": round(quality.pearson(opening, real_open), 4),
+            "psnr_mouth_db": round(float(np.mean([cap(quality.psnr(g[y0:y1, x0:x1], r[y0:y1, x0:x1]))
+                                                  for g, r in zip(run.crops, real_crops)])), 3),
+            "ssim_mouth": round(float(np.mean([quality.ssim(g[y0:y1, x0:x1], r[y0:y1, x0:x1])
+                                               for g, r in zip(run.crops, real_crops)])), 4),
+            "psnr_face_db": round(float(np.mean([cap(quality.psnr(g, r)) for g, r in zip(run.crops, real_crops)])), 3),
+            "ssim_face": round(float(np.mean([quality.ssim(g, r) for g, r in zip(run.crops, real_crops)])), 4),
+        })
+    if syncnet is not None:
+        from .syncnet import lse
+        try:
+            q["syncnet"] = {k: v for k, v in lse(syncnet, np.asarray(run.crops), audio, fps=pkg.fps).items()
+                            if k != "dists"}
+        except InputError as exc:
+            q["syncnet"] = {"skipped": str(exc)}
+    else:
+        q["syncnet"] = {"skipped": "no --syncnet-weights given (syncnet_v2.model from syncnet_python)"}
+    return q
+
+
+def evaluate(package: str | Path, audio: str | Path | None = None, config: EvalConfig = EvalConfig()) -> Evaluation:
+    """Evaluate generators on a package; returns the report folder and the report dict."""
+    t_start = time.perf_counter()
+    pkg = _open(package)
+    unknown = [g for g in config.generators if g not in GENERATORS]
+    if unknown:
+        raise InputError(f"--generator {unknown[0]}: unknown; choose from {', '.join(GENERATORS)}")
+    if config.server and tuple(config.generators) != ("retrieval",) and len(config.generators) > 1:
+        raise InputError("with --server the server's own chain renders; choose it with lipsync-serve --generator")
+    samples, audio_desc = _audio(config, audio, pkg)
+    if config.server:
+        _check_server(config.server, pkg.root.name)
+    syncnet = None
+    if config.syncnet_weights:
+        from .syncnet import load_syncnet
+        syncnet = load_syncnet(config.syncnet_weights)
+    spf = SAMPLE_RATE // int(round(pkg.fps))
+    frames = int(np.ceil(len(samples) / spf))
+    samples = np.pad(samples, (0, frames * spf - len(samples)))
+
+    out_root = Path(config.out_dir)
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
+    final = out_root / f"{pkg.root.name}-{stamp}"
+    work = out_root / f".{final.name}.partial-{os.getpid()}"
+    scratch = work / "scratch"
+    try:
+        scratch.mkdir(parents=True)
+        wav_path = scratch / "audio.wav"
+        _write_wav(wav_path, samples)
+        bases = _bases(pkg, frames)
+        hold = np.arange(pkg.holdout_range.start, pkg.holdout_range.start + frames) if config.holdout else None
+        needed = np.concatenate([bases, hold if hold is not None else []]).astype(np.int64)
+        if config.server:
+            needed = np.arange(pkg.frames)               # the server picks the base frames
+        base_video = BaseFrames(pkg, needed, scratch)
+        runs = _run_all(pkg, samples, frames, bases, hold, config, base_video, work, wav_path)
+        backend = create_backend(config.landmarks)
+        meter = quality.MouthMeter(backend, pkg)
+        env = quality.audio_envelope(samples, frames, pkg.fps)
+        rms = quality.frame_rms(samples, frames, spf)
+        region = tuple(int(round(v)) for v in pkg.manifest["crop"]["mouth_region"])
+        real_crops = real_lm = None
+        if hold is not None:
+            real_crops = np.asarray(pkg.crops[hold[0]:hold[-1] + 1])
+            real_run = harness.Run("real", "reference", hold, np.zeros(frames, np.uint8), real_crops,
+                                   {}, 0.0, 0.0, 0.0)
+            real_lm = _measure(real_run, meter, hold, "landmarks real", config.progress)
+        results = {}
+        for run in runs:
+            lm = _measure(run, meter, run.bases, f"landmarks {run.generator}", config.progress)
+            results[run.generator] = (run, _quality(run, lm, real_lm, real_crops, samples, pkg, region, syncnet,
+                                                    env, rms))
+        if hold is not None:
+            results["real"] = (real_run, _quality(real_run, real_lm, real_lm, real_crops, samples, pkg, region,
+                                                  syncnet, env, rms))
+        shutil.rmtree(scratch)
+        report = write_report(work, pkg, audio_desc, samples, config, results, env, rms, time.perf_counter() - t_start)
+        work.rename(final)
+    except BaseException:
+        shutil.rmtree(work, ignore_errors=True)
+        raise
+    return Evaluation(final, report, time.perf_counter() - t_start)
+
+
+def _check_server(url: str, name: str) -> None:
+    """Fail before any work when the server is unreachable or does not serve this package."""
+    import asyncio
+
+    from runtime.client import Client
+
+    async def probe():
+        async with Client(url, timeout=5.0) as c:
+            return c.capabilities.packages
+
+    packages = asyncio.run(probe())
+    if name not in packages:
+        raise InputError(f"{url} serves {', '.join(packages) or 'nothing'}, not {name!r}; start it with "
+                         f"`lipsync-serve` on the folder that holds {name}")
+
+
+def _run_all(pkg, samples, frames, bases, hold, config, base_video, work, wav_path) -> list:
+    runs = []
+    names = ("server",) if config.server else config.generators
+    for i, name in enumerate(names):
+        out_name = "output.mp4" if i == 0 else f"output-{name}.mp4"
+        writer = VideoWriter(work / out_name, base_video.width, base_video.height, pkg.fps, wav_path)
+        crops = np.lib.format.open_memmap(work / "scratch" / f"crops-{name}.npy", mode="w+", dtype=np.uint8,
+                                          shape=(frames, *pkg.crops.shape[1:]))
+
+        def on_frame(k, crop, bounds, base, _writer=writer):
+            frame = np.array(base_video[base])
+            harness.paste(frame, crop, bounds)
+            return _writer.write(frame)
+
+        bar = tqdm(total=frames, desc=f"render {name}", unit="frame", disable=not config.progress, leave=False)
+        try:
+            if config.server:
+                run = harness.run_server(config.server, pkg, pkg.root.name, samples, frames, crops,
+                                         holdout_bases=bases if hold is not None else None,
+                                         on_frame=on_frame, progress=bar)
+            else:
+                run = harness.run_inprocess(pkg, samples, name, bases, crops, on_frame=on_frame, progress=bar)
+        finally:
+            bar.close()
+            writer.close()
+        run.output = out_name
+        runs.append(run)
+    return runs

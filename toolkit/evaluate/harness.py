@@ -1,0 +1,218 @@
+"""Drive the runtime frame by frame, as the server does, and time every stage.
+
+In-process runs use the server's own pieces (:class:`runtime.stream.AudioStream`,
+the generator chain, the same JPEG settings), in real-time order: audio goes in
+40 ms at a time and each frame comes out as soon as its look-ahead is in.
+Stages, per frame, in milliseconds:
+
+- ``features``: resampling and log-mel for the chunk that completed the frame;
+- ``generator``: the generator's render call (0 for silent frames, which get the base crop);
+- ``jpeg``: JPEG encoding, as the server sends it;
+- ``paste``: what a client does: JPEG decoding and pasting the crop into the full frame.
+
+``total`` is features + generator + jpeg: the server-side time of the frame.
+
+Server runs (``--server``) stream the audio to a running ``lipsync-serve`` in
+real time with :class:`runtime.client.Client` and record the round trip per
+frame; ``audio_to_frame`` adds the chunk's own 40 ms of capture to it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import resource
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import cv2
+import numpy as np
+
+from runtime.generators import GENERATORS, Chain
+from runtime.package import Package
+from runtime.protocol import CHUNK_MS, FrameStatus
+from runtime.session import pingpong
+from runtime.stream import AudioStream
+
+JPEG_QUALITY = 85
+STAGES = ("features", "generator", "jpeg", "paste")
+
+
+@dataclass
+class Run:
+    """One generator's pass over the audio.
+
+    Attributes
+    ----------
+    crops : np.ndarray [shape=(T, S, S, 3), dtype=uint8]
+        The crops a client would show (JPEG-decoded), memory-mapped in the work folder.
+    stages : dict of str to np.ndarray [shape=(T,)]
+        Milliseconds per frame for each of STAGES and ``total``.
+    """
+
+    generator: str
+    mode: str
+    bases: np.ndarray
+    status: np.ndarray
+    crops: np.ndarray
+    stages: dict[str, np.ndarray]
+    first_frame_ms: float
+    wall_s: float
+    peak_rss_mb: float
+    tiers: dict = field(default_factory=dict)
+    client: dict[str, np.ndarray] = field(default_factory=dict)
+
+
+def peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def paste(frame: np.ndarray, crop: np.ndarray, bounds) -> np.ndarray:
+    """Scale ``crop`` to ``bounds`` (x0, y0, x1, y1; may overhang) and paste it into ``frame`` in place."""
+    x0, y0, x1, y1 = (int(v) for v in bounds)
+    scaled = cv2.resize(crop, (x1 - x0, y1 - y0), interpolation=cv2.INTER_LINEAR)
+    h, w = frame.shape[:2]
+    cx0, cy0, cx1, cy1 = max(x0, 0), max(y0, 0), min(x1, w), min(y1, h)
+    if cx1 > cx0 and cy1 > cy0:
+        frame[cy0:cy1, cx0:cx1] = scaled[cy0 - y0:cy1 - y0, cx0 - x0:cx1 - x0]
+    return frame
+
+
+def jpeg_roundtrip(crop: np.ndarray, quality: int = JPEG_QUALITY) -> tuple[bytes, float]:
+    t0 = time.perf_counter()
+    ok, buf = cv2.imencode(".jpg", cv2.cvtColor(crop, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, quality])
+    return buf.tobytes(), (time.perf_counter() - t0) * 1e3
+
+
+def decode_jpeg(data: bytes) -> np.ndarray:
+    return cv2.cvtColor(cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
+
+
+def chain_of(package: Package, name: str) -> Chain:
+    """A chain of one generator: the evaluation measures it, with no fallback to hide its failures."""
+    chain = Chain(package, [GENERATORS[name]])
+    for g in chain.tiers:
+        if hasattr(g, "wait_ready"):
+            g.wait_ready(60)
+    return chain
+
+
+def run_inprocess(package: Package, audio16k: np.ndarray, generator: str, bases: np.ndarray,
+                  crops_out: np.ndarray, on_frame: Callable[..., float] | None = None, progress=None) -> Run:
+    """Render one frame per 40 ms of audio with ``generator``, onto ``bases``, timing each stage.
+
+    Parameters
+    ----------
+    audio16k : np.ndarray [shape=(T * 640,), dtype=float32]
+    bases : np.ndarray [shape=(T,), dtype=int]
+        Package frame to render each output frame onto.
+    crops_out : np.ndarray [shape=(T, S, S, 3), dtype=uint8]
+        Where the decoded crops go (a memory map).
+    on_frame : callable, optional
+        ``on_frame(k, crop, bounds, base) -> milliseconds``: composes the full frame
+        (the ``paste`` stage) and hands it on, e.g. to the video writer.
+    """
+    chain = chain_of(package, generator)
+    state = chain.new_state()
+    stream = AudioStream(package.fps)
+    spf = stream.spf
+    n = len(bases)
+    stages = {s: np.zeros(n) for s in (*STAGES, "total")}
+    status = np.zeros(n, np.uint8)
+    crops, boxes = package.crops, package.boxes
+    first = None
+    t_start = time.perf_counter()
+    for i in range(n):
+        t0 = time.perf_counter()
+        stream.push(audio16k[i * spf:(i + 1) * spf])
+        if i == n - 1:
+            stream.flush()
+        ready = stream.pop()
+        feat_ms = (time.perf_counter() - t0) * 1e3
+        for fa in ready:
+            k, base = fa.index, int(bases[fa.index])
+            stages["features"][k] = feat_ms / len(ready)
+            t1 = time.perf_counter()
+            if fa.silent:
+                chain.reset(state)
+                crop, status[k] = np.asarray(crops[base]), FrameStatus.IDLE
+            else:
+                crop = chain.render([base], [fa.mel], [state])[0][0]
+            stages["generator"][k] = (time.perf_counter() - t1) * 1e3
+            data, stages["jpeg"][k] = jpeg_roundtrip(crop)
+            stages["total"][k] = stages["features"][k] + stages["generator"][k] + stages["jpeg"][k]
+            if first is None:
+                first = (time.perf_counter() - t_start) * 1e3
+            t2 = time.perf_counter()
+            seen = decode_jpeg(data)
+            crops_out[k] = seen
+            extra = on_frame(k, seen, boxes[base], base) if on_frame else 0.0     # returns its own I/O time
+            stages["paste"][k] = (time.perf_counter() - t2) * 1e3 - extra
+            if progress is not None:
+                progress.update(1)
+    wall = time.perf_counter() - t_start
+    return Run(generator, "in-process", np.asarray(bases), status, crops_out, stages, first or 0.0, wall,
+               peak_rss_mb(), dict(chain.served))
+
+
+def stream_bases(package: Package, frames: int) -> np.ndarray:
+    """The base frames the server would use: ping-pong from frame 0."""
+    return np.array([pingpong(t, package.frames) for t in range(frames)], dtype=np.int64)
+
+
+async def _server_stream(url: str, name: str, audio16k: np.ndarray, frames: int, progress) -> list:
+    from runtime.client import Client
+
+    out = []
+    async with Client(url, package=name) as c:
+        async for frame, rtt in c.stream(audio16k[:frames * 640], 16_000, realtime=True):
+            out.append((frame, rtt))
+            if progress is not None:
+                progress.update(1)
+    return out
+
+
+async def _server_windows(url: str, name: str, audio16k: np.ndarray, bases: np.ndarray, fps: float,
+                          progress) -> list:
+    from runtime.client import Client, window_around
+
+    out = []
+    async with Client(url) as c:
+        for k, base in enumerate(bases):
+            t0 = time.perf_counter()
+            frame = await c.window(int(base), window_around(audio16k, k, 16_000, fps), package=name)
+            out.append((frame, time.perf_counter() - t0))
+            if progress is not None:
+                progress.update(1)
+    return out
+
+
+def run_server(url: str, package: Package, name: str, audio16k: np.ndarray, frames: int, crops_out: np.ndarray,
+               holdout_bases: np.ndarray | None = None,
+               on_frame: Callable[..., float] | None = None, progress=None) -> Run:
+    """Evaluate a running server: streaming in real time, or window requests for held-out frames."""
+    t_start = time.perf_counter()
+    if holdout_bases is None:
+        replies = asyncio.run(_server_stream(url, name, audio16k, frames, progress))
+    else:
+        replies = asyncio.run(_server_windows(url, name, audio16k, holdout_bases, package.fps, progress))
+    wall = time.perf_counter() - t_start
+    n = len(replies)
+    stages = {s: np.zeros(n) for s in (*STAGES, "total")}
+    status = np.zeros(n, np.uint8)
+    bases = np.zeros(n, np.int64)
+    rtt = np.zeros(n)
+    for k, (frame, seconds) in enumerate(replies):
+        bases[k], status[k], rtt[k] = frame.base_frame, frame.status, seconds * 1e3
+        stages["total"][k] = frame.server_us / 1e3
+        t2 = time.perf_counter()
+        crops_out[k] = decode_jpeg(frame.jpeg)
+        extra = on_frame(k, crops_out[k], frame.bounds, frame.base_frame) if on_frame else 0.0
+        stages["paste"][k] = (time.perf_counter() - t2) * 1e3 - extra
+    client = {"rtt_ms": rtt}
+    if holdout_bases is None:
+        client["audio_to_frame_ms"] = rtt + CHUNK_MS
+    first = float(rtt[0]) if n else 0.0
+    return Run("server", "server", bases, status, crops_out[:n], stages, first, wall, peak_rss_mb(),
+               client=client)

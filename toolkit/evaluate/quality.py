@@ -1,0 +1,195 @@
+"""Lip-sync quality measures, all computable offline from frames, landmarks and audio.
+
+Conventions: frames are RGB uint8 face crops in the package's crop geometry;
+landmarks are 68 iBUG points in crop pixels; one value per video frame.
+
+- **Mouth opening**: mean gap of the three inner-lip pairs (61-67, 62-66,
+  63-65) divided by the outer-eye-corner distance (36-45), so it does not
+  depend on the face's size. Typical speech: 0.02 (closed) to 0.10 (open).
+- **LMD**: mean Euclidean distance between generated and real mouth points
+  (48-67), in crop pixels, after aligning each pair's mouth centroids.
+- **Audio-visual offset**: the audio envelope (mean log-mel of bands 5-44,
+  about 150-2300 Hz, over the frame's rows) is cross-correlated with the mouth
+  opening over +-15 frames (both z-scored); the best lag is the offset.
+  Positive: the audio comes after the mouth. Real speech scores about +40 to
+  +80 ms with this estimator (lips move before the sound), so compare offsets
+  between generators rather than against 0.
+- **Open in silence**: the share of silent frames (RMS below the server's idle
+  threshold) whose mouth opening exceeds OPEN_THRESHOLD.
+- **Flicker**: mean absolute change of the mouth region's grey level between
+  consecutive frames (0-255).
+"""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+
+from runtime import features as F
+from runtime.stream import IDLE_RMS
+
+OPEN_THRESHOLD = 0.04          # mouth opening above this counts as open (closed lips measure 0.01-0.03)
+MAX_LAG = 15                   # frames each way for the offset search
+ENVELOPE_BANDS = slice(5, 45)  # mel bands of the audio envelope (~150-2300 Hz: voiced speech)
+INNER_PAIRS = ((61, 67), (62, 66), (63, 65))
+MOUTH = slice(48, 68)
+
+
+def mouth_opening(landmarks: np.ndarray) -> np.ndarray:
+    """Inner-lip gap over eye-corner distance.
+
+    Parameters
+    ----------
+    landmarks : np.ndarray [shape=(T, 68, 2)]
+
+    Returns
+    -------
+    np.ndarray [shape=(T,), dtype=float64]
+    """
+    lm = np.asarray(landmarks, dtype=np.float64)
+    gap = np.mean([np.linalg.norm(lm[:, a] - lm[:, b], axis=1) for a, b in INNER_PAIRS], axis=0)
+    eyes = np.linalg.norm(lm[:, 36] - lm[:, 45], axis=1)
+    return gap / np.maximum(eyes, 1e-6)
+
+
+def lmd(generated: np.ndarray, real: np.ndarray) -> float:
+    """Mouth landmark distance in crop pixels: mean over frames and points 48-67."""
+    g, r = np.asarray(generated)[:, MOUTH], np.asarray(real)[:, MOUTH]
+    return float(np.linalg.norm(g - r, axis=2).mean())
+
+
+def lmd_aligned(generated: np.ndarray, real: np.ndarray) -> float:
+    """LMD after moving each generated mouth's centroid onto the real one's.
+
+    The generated frames sit on other base frames than the real ones (the head
+    is elsewhere by a few pixels), so the mouth's shape is compared, not its place.
+    """
+    g, r = np.asarray(generated, np.float64)[:, MOUTH], np.asarray(real, np.float64)[:, MOUTH]
+    g = g - g.mean(axis=1, keepdims=True) + r.mean(axis=1, keepdims=True)
+    return float(np.linalg.norm(g - r, axis=2).mean())
+
+
+def pearson(a: np.ndarray, b: np.ndarray) -> float:
+    """Correlation coefficient; 0.0 where either signal is constant."""
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    sa, sb = a.std(), b.std()
+    if sa < 1e-12 or sb < 1e-12:
+        return 0.0
+    return float(((a - a.mean()) * (b - b.mean())).mean() / (sa * sb))
+
+
+def psnr(a: np.ndarray, b: np.ndarray) -> float:
+    """Peak signal-to-noise ratio in dB between uint8 images (inf when identical)."""
+    mse = np.mean((np.asarray(a, np.float64) - np.asarray(b, np.float64)) ** 2)
+    return float("inf") if mse == 0 else float(10 * np.log10(255.0 ** 2 / mse))
+
+
+def ssim(a: np.ndarray, b: np.ndarray) -> float:
+    """Structural similarity of two RGB uint8 images, on grey levels.
+
+    Wang et al. (2004): Gaussian window sigma 1.5, K1 = 0.01, K2 = 0.03, L = 255;
+    the mean of the SSIM map.
+    """
+    ga = cv2.cvtColor(np.ascontiguousarray(a), cv2.COLOR_RGB2GRAY).astype(np.float64)
+    gb = cv2.cvtColor(np.ascontiguousarray(b), cv2.COLOR_RGB2GRAY).astype(np.float64)
+    c1, c2 = (0.01 * 255) ** 2, (0.03 * 255) ** 2
+    blur = lambda x: cv2.GaussianBlur(x, (11, 11), 1.5)
+    mu_a, mu_b = blur(ga), blur(gb)
+    var_a = blur(ga * ga) - mu_a ** 2
+    var_b = blur(gb * gb) - mu_b ** 2
+    cov = blur(ga * gb) - mu_a * mu_b
+    num = (2 * mu_a * mu_b + c1) * (2 * cov + c2)
+    den = (mu_a ** 2 + mu_b ** 2 + c1) * (var_a + var_b + c2)
+    return float(np.mean(num / den))
+
+
+def frame_rms(audio16k: np.ndarray, frames: int, spf: int = 640) -> np.ndarray:
+    """RMS of each frame's own samples (full scale 1.0), zero-padded at the end."""
+    x = np.zeros(frames * spf, np.float32)
+    n = min(len(audio16k), len(x))
+    x[:n] = audio16k[:n]
+    return np.sqrt(np.mean(x.reshape(frames, spf).astype(np.float64) ** 2, axis=1))
+
+
+def audio_envelope(audio16k: np.ndarray, frames: int, fps: float = 25.0) -> np.ndarray:
+    """Speech-band loudness per video frame: mean log-mel of ENVELOPE_BANDS over the frame's rows."""
+    mel = F.log_mel(np.asarray(audio16k, np.float32))
+    band = mel[:, ENVELOPE_BANDS].mean(axis=1)
+    per = F.mel_frames_per_video_frame(fps)
+    starts = np.floor(np.arange(frames) * per + 1e-9).astype(int)
+    out = np.full(frames, band.min() if len(band) else 0.0)
+    for k, s in enumerate(starts):
+        rows = band[s:s + int(np.ceil(per))]
+        if len(rows):
+            out[k] = rows.mean()
+    return out
+
+
+def av_offset(envelope: np.ndarray, opening: np.ndarray, fps: float = 25.0, max_lag: int = MAX_LAG) -> dict:
+    """Best lag between the audio envelope and the mouth opening.
+
+    Returns
+    -------
+    dict
+        ``offset_frames`` and ``offset_ms`` (positive: audio after mouth),
+        ``correlation`` at that lag (z-scored signals), ``curve`` [(lag_ms, corr)].
+    """
+    e, o = np.asarray(envelope, np.float64), np.asarray(opening, np.float64)
+    n = min(len(e), len(o))
+    e, o = e[:n], o[:n]
+    curve = []
+    for lag in range(-max_lag, max_lag + 1):          # pair e[k] with o[k + lag]
+        a = e[max(0, -lag):n - max(0, lag)]
+        b = o[max(0, lag):n - max(0, -lag)]
+        curve.append((lag, pearson(a, b) if len(a) > 2 else 0.0))
+    best_lag, best = max(curve, key=lambda t: t[1])
+    ms = 1000.0 / fps
+    return {"offset_frames": -best_lag, "offset_ms": round(-best_lag * ms, 1), "correlation": round(best, 4),
+            "curve": [(round(-lag * ms, 1), round(c, 4)) for lag, c in curve]}
+
+
+def open_in_silence(rms: np.ndarray, opening: np.ndarray, threshold: float = OPEN_THRESHOLD) -> float | None:
+    """Share of silent frames whose mouth is open; None when no frame is silent."""
+    silent = np.asarray(rms) < IDLE_RMS
+    if not silent.any():
+        return None
+    return float(np.mean(np.asarray(opening)[silent] > threshold))
+
+
+def flicker(frames: list[np.ndarray] | np.ndarray, region: tuple[int, int, int, int]) -> float:
+    """Mean absolute grey-level change of ``region`` (x0, y0, x1, y1) between consecutive frames."""
+    x0, y0, x1, y1 = region
+    grey = [cv2.cvtColor(np.ascontiguousarray(f[y0:y1, x0:x1]), cv2.COLOR_RGB2GRAY).astype(np.float32)
+            for f in frames]
+    if len(grey) < 2:
+        return 0.0
+    return float(np.mean([np.abs(b - a).mean() for a, b in zip(grey, grey[1:])]))
+
+
+class MouthMeter:
+    """Landmarks of face crops with the toolkit's landmark backend.
+
+    The face box of each base frame is detected once on the package's own crop
+    and cached: the mouth moves, the face does not.
+    """
+
+    def __init__(self, backend, package):
+        self.backend = backend
+        self.package = package
+        self._boxes: dict[int, np.ndarray] = {}
+
+    def box(self, base: int) -> np.ndarray:
+        if base not in self._boxes:
+            crop = np.asarray(self.package.crops[base])
+            found = self.backend.detect(crop)
+            if len(found):
+                best = found[np.argmax((found[:, 2] - found[:, 0]) * (found[:, 3] - found[:, 1]))]
+                self._boxes[base] = best[:4]
+            else:                                  # fall back on the package's own landmarks
+                lm = np.asarray(self.package.landmarks[base])
+                self._boxes[base] = np.r_[lm.min(0), lm.max(0)].astype(np.float32)
+        return self._boxes[base]
+
+    def measure(self, crop: np.ndarray, base: int) -> np.ndarray:
+        """68 points (crop pixels) of a generated or real crop rendered on ``base``."""
+        return self.backend.landmarks(np.ascontiguousarray(crop), self.box(base))

@@ -1,0 +1,256 @@
+"""The report folder: ``report.json`` (schema: report.schema.json, docs/report-format.md),
+plots, a contact sheet and ``report.html`` that shows them.
+
+Plots are PNG files next to the page (matplotlib, Agg backend), so the folder
+can be copied or served as it is.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import os
+import platform
+from datetime import datetime, timezone
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from runtime import __version__ as runtime_version
+from runtime.stream import IDLE_RMS, LOOKAHEAD_MS
+
+from .. import __version__
+
+FORMAT = "lipsync-eval-report"
+FORMAT_VERSION = "1.0"
+SCHEMA_PATH = Path(__file__).with_name("report.schema.json")
+PCTS = (50, 95, 99)
+
+
+def _stats(values: np.ndarray) -> dict:
+    v = np.asarray(values, np.float64)
+    if not len(v):
+        return {"p50": None, "p95": None, "p99": None, "max": None, "mean": None}
+    p = np.percentile(v, PCTS)
+    return {"p50": round(p[0], 3), "p95": round(p[1], 3), "p99": round(p[2], 3), "max": round(v.max(), 3),
+            "mean": round(v.mean(), 3)}
+
+
+def machine() -> dict:
+    import cv2 as _cv2
+    cpu = ""
+    try:
+        cpu = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    return {"platform": platform.platform(), "python": platform.python_version(), "cpu": cpu,
+            "cores": os.cpu_count(), "numpy": np.__version__, "opencv": _cv2.__version__,
+            "toolkit": __version__, "runtime": runtime_version}
+
+
+def _generator_entry(run, q, seconds_audio: float) -> dict:
+    has_timing = bool(run.stages)
+    spoken = run.status == 0
+    entry = {"mode": run.mode, "frames": int(len(run.crops)),
+             "idle_frames": int((run.status == 1).sum()), "quality": q}
+    if has_timing:
+        total = run.stages["total"]
+        entry.update({
+            "latency_ms": _stats(total),
+            "stages_ms": {name: _stats(run.stages[name][spoken] if name == "generator" else run.stages[name])
+                          for name in ("features", "generator", "jpeg", "paste") if name in run.stages},
+            "first_frame_ms": round(run.first_frame_ms, 3),
+            "fps": round(len(total) / run.wall_s, 2) if run.wall_s else None,
+            "realtime_factor": round(run.wall_s / seconds_audio, 4) if seconds_audio else None,
+            "peak_rss_mb": round(run.peak_rss_mb, 1),
+            "tiers": run.tiers,
+            "output": getattr(run, "output", None),
+        })
+    if run.client:
+        entry["client"] = {k: _stats(v) for k, v in run.client.items()}
+        entry["client"]["lookahead_ms"] = LOOKAHEAD_MS
+    return entry
+
+
+def write_report(folder: Path, pkg, audio_desc: str, samples: np.ndarray, config, results: dict,
+                 envelope: np.ndarray, rms: np.ndarray, seconds: float) -> dict:
+    """Write report.json, plots and report.html into ``folder``; returns the report."""
+    fps = pkg.fps
+    audio_s = len(samples) / 16_000
+    gens = {name: _generator_entry(run, q, audio_s) for name, (run, q) in results.items()}
+    primary = next(iter(results))
+    first = gens[primary]
+    report = {
+        "format": FORMAT, "format_version": FORMAT_VERSION,
+        "created": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "tool": {"name": "lipsync-eval", "version": __version__},
+        "package": {"name": pkg.root.name, "path": str(pkg.root), "frames": pkg.frames, "fps": fps,
+                    "train_frames": [pkg.train_range.start, pkg.train_range.stop]},
+        "audio": {"source": audio_desc, "seconds": round(audio_s, 3), "sample_rate": 16_000,
+                  "silent_frames": int((rms < IDLE_RMS).sum())},
+        "mode": "server" if config.server else "in-process", "server": config.server,
+        "holdout": bool(config.holdout),
+        "generator": primary,
+        "frames": first["frames"],
+        "latency_ms": first.get("latency_ms"),
+        "realtime_factor": first.get("realtime_factor"),
+        "quality": first["quality"],
+        "generators": gens,
+        "machine": machine(),
+        "seconds": round(seconds, 2),
+        "files": {"html": "report.html", "video": "output.mp4", "plots": []},
+    }
+    plots = folder / "plots"
+    plots.mkdir(exist_ok=True)
+    report["files"]["plots"] = _plots(plots, results, envelope, rms, fps)
+    report["files"]["plots"].append(_contact_sheet(plots, results))
+    _write_atomic(folder / "report.json", json.dumps(report, indent=1, allow_nan=False))
+    _write_atomic(folder / "report.html", _html(report))
+    return report
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text, encoding="utf-8")
+    tmp.replace(path)
+
+
+def _plots(folder: Path, results: dict, envelope, rms, fps) -> list[str]:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    out = []
+    timed = {n: r for n, (r, _) in results.items() if r.stages}
+    if timed:
+        fig, ax = plt.subplots(figsize=(7, 3.2))
+        for name, run in timed.items():
+            ax.hist(run.stages["total"], bins=60, alpha=0.6, label=name)
+        ax.set_xlabel("server time per frame (ms)")
+        ax.set_ylabel("frames")
+        ax.legend()
+        ax.set_title("latency histogram")
+        out.append(_save(fig, folder / "latency_hist.png"))
+        fig, ax = plt.subplots(figsize=(9, 3.2))
+        for name, run in timed.items():
+            t = np.arange(len(run.stages["total"])) / fps
+            ax.plot(t, run.stages["total"], lw=0.8, label=name)
+        ax.set_xlabel("audio time (s)")
+        ax.set_ylabel("ms")
+        ax.legend()
+        ax.set_title("latency timeline (server time per frame)")
+        out.append(_save(fig, folder / "latency_timeline.png"))
+    fig, ax1 = plt.subplots(figsize=(9, 3.6))
+    t = np.arange(len(envelope)) / fps
+    ax1.fill_between(t, envelope.min(), envelope, color="0.85", label="audio envelope")
+    ax1.set_ylabel("audio envelope (log-mel)")
+    ax1.set_xlabel("time (s)")
+    ax2 = ax1.twinx()
+    for name, (_, q) in results.items():
+        ax2.plot(t[:len(q["mouth_opening"]["per_frame"])], q["mouth_opening"]["per_frame"], lw=1,
+                 label=f"{name} (offset {q['av_offset']['offset_ms']:+.0f} ms)")
+    ax2.set_ylabel("mouth opening")
+    ax2.legend(loc="upper right", fontsize=8)
+    ax1.set_title("mouth opening against the audio envelope")
+    out.append(_save(fig, folder / "mouth_vs_audio.png"))
+    return out
+
+
+def _save(fig, path: Path) -> str:
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    import matplotlib.pyplot as plt
+    plt.close(fig)
+    return f"plots/{path.name}"
+
+
+def _contact_sheet(folder: Path, results: dict, columns: int = 8, size: int = 128) -> str:
+    """One row per generator (and the real frames), the same frames in each column."""
+    n = min(len(r.crops) for r, _ in results.values())
+    picks = np.linspace(0, n - 1, min(columns, n)).astype(int)
+    rows = []
+    for name, (run, _) in results.items():
+        tiles = [cv2.resize(np.asarray(run.crops[k]), (size, size), interpolation=cv2.INTER_AREA) for k in picks]
+        row = np.hstack(tiles)
+        label = np.full((22, row.shape[1], 3), 255, np.uint8)
+        cv2.putText(label, name, (4, 16), cv2.FONT_HERSHEY_SIMPLEX, 0.5, (0, 0, 0), 1, cv2.LINE_AA)
+        rows.append(np.vstack([label, row]))
+    sheet = np.vstack(rows)
+    cv2.imwrite(str(folder / "contact_sheet.png"), cv2.cvtColor(sheet, cv2.COLOR_RGB2BGR))
+    return "plots/contact_sheet.png"
+
+
+def _fmt(v) -> str:
+    if v is None:
+        return "-"
+    if isinstance(v, float):
+        return f"{v:.3g}" if abs(v) < 1000 else f"{v:.0f}"
+    return html.escape(str(v))
+
+
+def _html(r: dict) -> str:
+    rows = [("frames", lambda g: g["frames"]),
+            ("server p50 / p95 ms", lambda g: f"{_fmt(g['latency_ms']['p50'])} / {_fmt(g['latency_ms']['p95'])}"
+             if g.get("latency_ms") else "-"),
+            ("generator p95 ms", lambda g: _fmt(g["stages_ms"]["generator"]["p95"]) if g.get("stages_ms") else "-"),
+            ("first frame ms", lambda g: _fmt(g.get("first_frame_ms"))),
+            ("frames/s", lambda g: _fmt(g.get("fps"))),
+            ("real-time factor", lambda g: _fmt(g.get("realtime_factor"))),
+            ("mouth opening mean", lambda g: _fmt(g["quality"]["mouth_opening"]["mean"])),
+            ("A/V offset ms (corr)", lambda g: f"{g['quality']['av_offset']['offset_ms']:+.0f} "
+             f"({g['quality']['av_offset']['correlation']:.2f})"),
+            ("open in silence", lambda g: _fmt(g["quality"]["open_in_silence"])),
+            ("mouth flicker", lambda g: _fmt(g["quality"]["flicker"])),
+            ("LMD px", lambda g: _fmt(g["quality"].get("lmd_px"))),
+            ("opening correlation", lambda g: _fmt(g["quality"].get("opening_correlation"))),
+            ("PSNR mouth / face dB", lambda g: f"{_fmt(g['quality'].get('psnr_mouth_db'))} / "
+             f"{_fmt(g['quality'].get('psnr_face_db'))}"),
+            ("SSIM mouth / face", lambda g: f"{_fmt(g['quality'].get('ssim_mouth'))} / "
+             f"{_fmt(g['quality'].get('ssim_face'))}"),
+            ("LSE-D / LSE-C", lambda g: (f"{_fmt(g['quality']['syncnet'].get('lse_d'))} / "
+                                         f"{_fmt(g['quality']['syncnet'].get('lse_c'))}")
+             if "lse_d" in g["quality"]["syncnet"] else "skipped")]
+    names = list(r["generators"])
+    head = "".join(f"<th>{html.escape(n)}</th>" for n in names)
+    body = "".join(f"<tr><td>{html.escape(label)}</td>" + "".join(f"<td>{fn(r['generators'][n])}</td>"
+                                                                    for n in names) + "</tr>"
+                   for label, fn in rows)
+    client = ""
+    for n, g in r["generators"].items():
+        if "client" in g:
+            c = g["client"]
+            client += (f"<p>Client side ({html.escape(n)}): round trip p50 {_fmt(c['rtt_ms']['p50'])} ms, "
+                       f"p95 {_fmt(c['rtt_ms']['p95'])} ms")
+            if "audio_to_frame_ms" in c:
+                client += (f"; audio to frame p50 {_fmt(c['audio_to_frame_ms']['p50'])} ms "
+                           f"(includes {c['lookahead_ms']} ms look-ahead and the 40 ms chunk)")
+            client += ".</p>"
+    imgs = "".join(f'<figure><img src="{html.escape(p)}" alt="{html.escape(p)}"></figure>' for p in r["files"]["plots"])
+    videos = "".join(f'<li><a href="{html.escape(g["output"])}">{html.escape(g["output"])}</a> ({html.escape(n)})</li>'
+                     for n, g in r["generators"].items() if g.get("output"))
+    sync = r["quality"]["syncnet"].get("skipped")
+    return f"""<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>lipsync-eval: {html.escape(r['package']['name'])}</title>
+<style>
+body {{ font: 14px/1.45 system-ui, sans-serif; margin: 24px auto; max-width: 1000px; color: #222; }}
+table {{ border-collapse: collapse; margin: 12px 0; }}
+td, th {{ border: 1px solid #ccc; padding: 4px 10px; text-align: right; }}
+td:first-child {{ text-align: left; }}
+img {{ max-width: 100%; border: 1px solid #ddd; }}
+figure {{ margin: 12px 0; }} code {{ background: #f3f3f3; padding: 1px 4px; }}
+</style></head><body>
+<h1>lipsync-eval: {html.escape(r['package']['name'])}</h1>
+<p>{r['frames']} frames at {r['package']['fps']:g} fps from <code>{html.escape(r['audio']['source'])}</code>
+({r['audio']['seconds']} s, {r['audio']['silent_frames']} silent frames); mode {html.escape(r['mode'])}
+{'(self-reenactment on the held-out frames; "real" is the held-out video itself)' if r['holdout'] else ''};
+{html.escape(r['created'])}; {html.escape(r['machine']['cpu'] or r['machine']['platform'])}, {r['machine']['cores']} cores.</p>
+<h2>Generators side by side</h2>
+<table><tr><th></th>{head}</tr>{body}</table>
+{client}
+{f'<p>SyncNet scores skipped: {html.escape(sync)}.</p>' if sync else ''}
+<h2>Videos</h2><ul>{videos}</ul>
+<h2>Plots</h2>{imgs}
+<p>Definitions: docs/report-format.md. Raw numbers: <a href="report.json">report.json</a>.</p>
+</body></html>
+"""
