@@ -181,3 +181,19 @@ def test_bad_input_one_line_and_no_report(case, anchor, package_copy, tmp_path):
     errors = [line for line in lines if line.startswith("error:")]
     assert len(errors) == 1 and lines[-1] == errors[0], proc.stderr
     assert not out.exists() or not any(out.iterdir())
+
+
+def test_lse_through_the_report_with_a_random_syncnet(anchor, tmp_path):
+    import torch
+
+    from toolkit.evaluate.syncnet import SyncNet
+
+    torch.manual_seed(0)
+    weights = tmp_path / "syncnet_random.model"
+    torch.save(SyncNet().state_dict(), weights)
+    result = evaluate(anchor, None, EvalConfig(generators=("static",), holdout=True, syncnet_weights=str(weights),
+                                               out_dir=str(tmp_path / "r"), progress=False))
+    report = check_report(result.path)
+    for name in ("static", "real"):
+        s = report["generators"][name]["quality"]["syncnet"]
+        assert np.isfinite(s["lse_d"]) and s["lse_c"] >= 0 and -15 <= s["offset_frames"] <= 15
