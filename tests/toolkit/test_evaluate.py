@@ -14,7 +14,7 @@ import pytest
 
 from runtime.package import Package
 from runtime.schema import iter_errors, load_schema
-from tests.conftest import AUDIO, ROOT, ffmpeg
+from tests.conftest import AUDIO, ROOT, VIDEOS, ffmpeg
 from toolkit.evaluate import quality
 from toolkit.evaluate.evaluate import EvalConfig, evaluate
 from toolkit.evaluate.report import SCHEMA_PATH
@@ -197,3 +197,17 @@ def test_lse_through_the_report_with_a_random_syncnet(anchor, tmp_path):
     for name in ("static", "real"):
         s = report["generators"][name]["quality"]["syncnet"]
         assert np.isfinite(s["lse_d"]) and s["lse_c"] >= 0 and -15 <= s["offset_frames"] <= 15
+
+
+def test_reference_video_with_its_own_audio(anchor, tmp_path):
+    ref = tmp_path / "reference.mp4"        # 4 s of the same speaker, cut from the source clip
+    ffmpeg("-ss", "15", "-i", str(VIDEOS["German_20s"]),
+           "-t", "4", "-c:v", "libx264", "-preset", "ultrafast", "-c:a", "aac", str(ref))
+    proc = run_eval(str(anchor), "--reference", str(ref), "--generator", "static,retrieval",
+                    "-o", str(tmp_path / "r"), "--quiet")
+    assert proc.returncode == 0, proc.stderr
+    report = check_report(Path(proc.stdout.strip()))
+    assert report["frames"] == 100 and set(report["generators"]) == {"static", "retrieval", "real"}
+    assert report["generators"]["real"]["quality"]["opening_correlation"] == 1.0
+    for name in ("static", "retrieval"):
+        assert report["generators"][name]["quality"]["lmd_px"] > 0

@@ -31,6 +31,8 @@ def _sigterm(signum, frame):
               help="Speech to drive the face (any format ffmpeg reads).")
 @click.option("--holdout", is_flag=True,
               help="Self-reenactment: drive with the package's held-out audio, compare with its held-out frames.")
+@click.option("--reference", type=click.Path(path_type=Path), default=None,
+              help="A real video of the speaker: driven by its own audio, its frames are the reference.")
 @click.option("--generator", default="retrieval", show_default=True,
               help="Generators to compare, comma-separated (static, retrieval).")
 @click.option("--server", default=None, help="Evaluate a running lipsync-serve instead, e.g. ws://127.0.0.1:8765/ws.")
@@ -40,7 +42,7 @@ def _sigterm(signum, frame):
               help="Folder that receives <package>-<time>/.")
 @click.option("--quiet", is_flag=True, help="No progress bars; print only the report folder.")
 @click.version_option(__version__, prog_name="lipsync-eval")
-def main(package, audio, holdout, generator, server, syncnet_weights, out, quiet):
+def main(package, audio, holdout, reference, generator, server, syncnet_weights, out, quiet):
     """Evaluate PACKAGE: per-stage latency, quality measures, an output video and an HTML report."""
     from .evaluate import EvalConfig, evaluate
 
@@ -50,6 +52,7 @@ def main(package, audio, holdout, generator, server, syncnet_weights, out, quiet
         if not names:
             raise InputError("--generator is empty; give e.g. static,retrieval")
         config = EvalConfig(generators=names, holdout=holdout, server=server,
+                            reference=str(reference) if reference else None,
                             syncnet_weights=str(syncnet_weights) if syncnet_weights else None,
                             out_dir=str(out), progress=not quiet)
         result = evaluate(package, audio, config)

@@ -23,6 +23,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import tempfile
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -50,6 +51,7 @@ class EvalConfig:
 
     generators: tuple[str, ...] = ("retrieval",)    # side by side in one report
     holdout: bool = False                            # self-reenactment on the held-out tail
+    reference: str | None = None                     # a real video of the speaker, driven by its own audio
     server: str | None = None                        # ws://HOST:PORT/ws of a running lipsync-serve
     syncnet_weights: str | None = None               # syncnet_v2.model: LSE-D / LSE-C
     landmarks: str = "dlib"                          # backend measuring mouths on the frames
@@ -206,7 +208,16 @@ def evaluate(package: str | Path, audio: str | Path | None = None, config: EvalC
         raise InputError(f"--generator {unknown[0]}: unknown; choose from {', '.join(GENERATORS)}")
     if config.server and tuple(config.generators) != ("retrieval",) and len(config.generators) > 1:
         raise InputError("with --server the server's own chain renders; choose it with lipsync-serve --generator")
-    samples, audio_desc = _audio(config, audio, pkg)
+    ref_dir = ref = None
+    if config.reference:
+        if audio is not None or config.holdout:
+            raise InputError("--reference is driven by the reference video's own audio; drop --audio and --holdout")
+        ref_dir = Path(tempfile.mkdtemp(prefix="lipsync-eval-reference-"))
+        ref = _reference(config.reference, ref_dir / "reference", pkg, config.progress)
+        samples = video.read_audio(ref.root / "audio.wav", SAMPLE_RATE)
+        audio_desc = f"{config.reference} (its own audio; frames cut by lipsync-pack build)"
+    else:
+        samples, audio_desc = _audio(config, audio, pkg)
     if config.server:
         _check_server(config.server, pkg.root.name)
     syncnet = None
@@ -239,17 +250,20 @@ def evaluate(package: str | Path, audio: str | Path | None = None, config: EvalC
         rms = quality.frame_rms(samples, frames, spf)
         region = tuple(int(round(v)) for v in pkg.manifest["crop"]["mouth_region"])
         real_crops = real_lm = None
-        if hold is not None:
-            real_crops = np.asarray(pkg.crops[hold[0]:hold[-1] + 1])
-            real_run = harness.Run("real", "reference", hold, np.zeros(frames, np.uint8), real_crops,
+        if hold is not None or ref is not None:
+            source = ref if ref is not None else pkg
+            real_idx = hold if hold is not None else np.arange(min(frames, ref.frames))
+            real_crops = np.asarray(source.crops[real_idx[0]:real_idx[-1] + 1])
+            real_run = harness.Run("real", "reference", real_idx, np.zeros(len(real_idx), np.uint8), real_crops,
                                    {}, 0.0, 0.0, 0.0)
-            real_lm = _measure(real_run, meter, hold, "landmarks real", config.progress)
+            real_meter = quality.MouthMeter(backend, source)
+            real_lm = _measure(real_run, real_meter, real_idx, "landmarks real", config.progress)
         results = {}
         for run in runs:
             lm = _measure(run, meter, run.bases, f"landmarks {run.generator}", config.progress)
             results[run.generator] = (run, _quality(run, lm, real_lm, real_crops, samples, pkg, region, syncnet,
                                                     env, rms))
-        if hold is not None:
+        if real_lm is not None:
             results["real"] = (real_run, _quality(real_run, real_lm, real_lm, real_crops, samples, pkg, region,
                                                   syncnet, env, rms))
         shutil.rmtree(scratch)
@@ -258,7 +272,19 @@ def evaluate(package: str | Path, audio: str | Path | None = None, config: EvalC
     except BaseException:
         shutil.rmtree(work, ignore_errors=True)
         raise
+    finally:
+        if ref_dir is not None:
+            shutil.rmtree(ref_dir, ignore_errors=True)
     return Evaluation(final, report, time.perf_counter() - t_start)
+
+
+def _reference(video_path: str, out: Path, pkg: Package, progress: bool) -> Package:
+    """Cut the reference video into crops with the target package's geometry (a throw-away package)."""
+    from ..build import BuildConfig, build_package
+
+    size = int(pkg.crops.shape[1])
+    build_package(video_path, out, BuildConfig(crop_size=size, holdout=0.0), progress=progress)
+    return Package.open(out)
 
 
 def _check_server(url: str, name: str) -> None:
