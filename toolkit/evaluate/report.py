@@ -127,20 +127,14 @@ def _plots(folder: Path, results: dict, envelope, rms, fps) -> list[str]:
         fig, ax = plt.subplots(figsize=(7, 3.2))
         for name, run in timed.items():
             ax.hist(run.stages["total"], bins=60, alpha=0.6, label=name)
-        ax.set_xlabel("server time per frame (ms)")
-        ax.set_ylabel("frames")
-        ax.legend()
-        ax.set_title("latency histogram")
-        out.append(_save(fig, folder / "latency_hist.png"))
+        out.append(_finish(fig, ax, "server time per frame (ms)", "frames", "latency histogram",
+                           folder / "latency_hist.png"))
         fig, ax = plt.subplots(figsize=(9, 3.2))
         for name, run in timed.items():
             t = np.arange(len(run.stages["total"])) / fps
             ax.plot(t, run.stages["total"], lw=0.8, label=name)
-        ax.set_xlabel("audio time (s)")
-        ax.set_ylabel("ms")
-        ax.legend()
-        ax.set_title("latency timeline (server time per frame)")
-        out.append(_save(fig, folder / "latency_timeline.png"))
+        out.append(_finish(fig, ax, "audio time (s)", "ms", "latency timeline (server time per frame)",
+                           folder / "latency_timeline.png"))
     fig, ax1 = plt.subplots(figsize=(9, 3.6))
     t = np.arange(len(envelope)) / fps
     ax1.fill_between(t, envelope.min(), envelope, color="0.85", label="audio envelope")
@@ -155,6 +149,14 @@ def _plots(folder: Path, results: dict, envelope, rms, fps) -> list[str]:
     ax1.set_title("mouth opening against the audio envelope")
     out.append(_save(fig, folder / "mouth_vs_audio.png"))
     return out
+
+
+def _finish(fig, ax, xlabel: str, ylabel: str, title: str, path: Path) -> str:
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.legend()
+    ax.set_title(title)
+    return _save(fig, path)
 
 
 def _save(fig, path: Path) -> str:
