@@ -309,8 +309,6 @@ def _run_all(pkg, samples, frames, bases, hold, config, base_video, work, wav_pa
     for i, name in enumerate(names):
         out_name = "output.mp4" if i == 0 else f"output-{name}.mp4"
         writer = VideoWriter(work / out_name, base_video.width, base_video.height, pkg.fps, wav_path)
-        crops = np.lib.format.open_memmap(work / "scratch" / f"crops-{name}.npy", mode="w+", dtype=np.uint8,
-                                          shape=(frames, *pkg.crops.shape[1:]))
 
         def on_frame(k, crop, bounds, base, _writer=writer):
             frame = np.array(base_video[base])
@@ -320,11 +318,11 @@ def _run_all(pkg, samples, frames, bases, hold, config, base_video, work, wav_pa
         bar = tqdm(total=frames, desc=f"render {name}", unit="frame", disable=not config.progress, leave=False)
         try:
             if config.server:
-                run = harness.run_server(config.server, pkg, pkg.root.name, samples, frames, crops,
+                run = harness.run_server(config.server, pkg, pkg.root.name, samples, frames,
                                          holdout_bases=bases if hold is not None else None,
                                          on_frame=on_frame, progress=bar)
             else:
-                run = harness.run_inprocess(pkg, samples, name, bases, crops, on_frame=on_frame, progress=bar)
+                run = harness.run_inprocess(pkg, samples, name, bases, on_frame=on_frame, progress=bar)
         finally:
             bar.close()
             writer.close()
