@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import time
 from collections import deque
+from dataclasses import dataclass
+from typing import Callable
 
 import numpy as np
 
@@ -75,9 +77,9 @@ class Session:
         self.metrics.error(code.name)
         return Error(seq=seq, code=code, text=text[:1024])
 
-    def _frame(self, seq: int, r: Rendered, started: float) -> Frame:
+    def _frame(self, seq: int, r: Rendered, started: float, package: str) -> Frame:
         us = int((time.perf_counter() - started) * 1e6)
-        self.metrics.frame(self.package, us, r.status, r.tier)
+        self.metrics.frame(package, us, r.status, r.tier)
         self.frames_out += 1
         return Frame(seq=seq, status=r.status, base_frame=r.base, server_us=min(us, 0xFFFF_FFFF),
                      bounds=r.bounds, jpeg=r.jpeg)
@@ -98,6 +100,17 @@ class Session:
         ``server_us`` include queueing; when the wait exceeded OVERLOAD_S, frames are
         rendered by the chain's cheapest tier so that a late session catches up.
         """
+        replies, job = self.prepare(msg, received_at)
+        if job is not None:
+            replies += job.run()
+        return replies
+
+    def prepare(self, msg: Message, received_at: float | None = None) -> tuple[list[Message], "Job | None"]:
+        """Everything but rendering: the immediate replies, and the frames to render as a Job.
+
+        Workers call this for several sessions' messages, then render all the jobs
+        together (:func:`render_jobs`) so a generator can batch across sessions.
+        """
         started = time.perf_counter() if received_at is None else received_at
         degrade = time.perf_counter() - started > OVERLOAD_S
         try:
@@ -107,30 +120,30 @@ class Session:
                 return self._window(msg, started, degrade)
             if isinstance(msg, Hello):
                 self.encoding = msg.encoding
-                return [Capabilities(seq=msg.seq, packages=tuple(self.store.names()))]
+                return [Capabilities(seq=msg.seq, packages=tuple(self.store.names()))], None
             if isinstance(msg, SwitchPackage):
                 try:
                     self._use(msg.package)
                 except KeyError:
-                    return [self._unknown(msg.package, msg.seq)]
-                return []
+                    return [self._unknown(msg.package, msg.seq)], None
+                return [], None
             if isinstance(msg, StatsRequest):
-                return [Stats(seq=msg.seq, stats=self.metrics.snapshot())]
+                return [Stats(seq=msg.seq, stats=self.metrics.snapshot())], None
             return [self._error(ErrorCode.MALFORMED, f"{type(msg).__name__.upper()} is a server-to-client "
                                 "message; a client sends HELLO, AUDIO_CHUNK, WINDOW_REQUEST, "
-                                "SWITCH_PACKAGE or STATS_REQUEST", msg.seq)]
+                                "SWITCH_PACKAGE or STATS_REQUEST", msg.seq)], None
         except ProtocolError as exc:
-            return [self._error(exc.code, str(exc), msg.seq)]
+            return [self._error(exc.code, str(exc), msg.seq)], None
 
     def _unknown(self, name: str, seq: int) -> Error:
         return self._error(ErrorCode.UNKNOWN_PACKAGE, f"no package named {name!r} on this server; "
                            f"it serves {', '.join(self.store.names())}", seq)
 
-    def _chunk(self, msg: AudioChunk, started: float, degrade: bool) -> list[Message]:
+    def _chunk(self, msg: AudioChunk, started: float, degrade: bool) -> tuple[list[Message], "Job | None"]:
         try:
             renderer = self._use(msg.package or self.package)
         except KeyError:
-            return [self._unknown(msg.package, msg.seq)]
+            return [self._unknown(msg.package, msg.seq)], None
         samples = pcm_to_float32(msg.pcm, msg.sample_format)
         self._check_duration(msg, len(samples), CHUNK_MS)
         if not np.isfinite(samples).all():
@@ -138,35 +151,44 @@ class Session:
                                 "expected finite samples in [-1, 1]", msg.seq)
         self.audio.push(samples, msg.sample_rate)
         self.chunk_seqs.append(msg.seq)
-        return self._emit(renderer, started, degrade)
+        return [], self._emit(renderer, started, degrade)
 
-    def _emit(self, renderer: Renderer, started: float, degrade: bool = False) -> list[Message]:
+    def _emit(self, renderer: Renderer, started: float, degrade: bool = False) -> "Job | None":
         ready = self.audio.pop()
         if not ready:
-            return []
+            return None
         n = renderer.frames
         bases = [pingpong(self.tick + i, n) for i in range(len(ready))]
         self.tick += len(ready)
-        rendered = renderer.render(bases, [f.mel for f in ready], [self._states] * len(ready),
-                                   [f.silent for f in ready], degrade)
-        return [self._frame(self.chunk_seqs.popleft(), r, started) for r in rendered]
+        seqs = [self.chunk_seqs.popleft() for _ in ready]
+        package = self.package
+
+        def finish(rendered: list[Rendered]) -> list[Message]:
+            return [self._frame(seq, r, started, package) for seq, r in zip(seqs, rendered)]
+
+        return Job(renderer, bases, [f.mel for f in ready], [self._states] * len(ready),
+                   [f.silent for f in ready], degrade, finish)
 
     def flush(self) -> list[Message]:
         """The client went quiet: answer the chunks still waiting for look-ahead."""
+        job = self.prepare_flush()
+        return job.run() if job is not None else []
+
+    def prepare_flush(self) -> "Job | None":
         if not self.chunk_seqs or self._renderer is None:
-            return []
+            return None
         started = time.perf_counter()
         self.audio.flush()
-        out = self._emit(self._renderer, started)
+        job = self._emit(self._renderer, started)
         self.audio = AudioStream(fps=1000 / CHUNK_MS)   # the next chunk starts a new stream
-        return out
+        return job
 
-    def _window(self, msg: WindowRequest, started: float, degrade: bool) -> list[Message]:
+    def _window(self, msg: WindowRequest, started: float, degrade: bool) -> tuple[list[Message], "Job | None"]:
         name = msg.package or self.store.default
         try:
             renderer = self.store.get(name)
         except KeyError:
-            return [self._unknown(name, msg.seq)]
+            return [self._unknown(name, msg.seq)], None
         if msg.frame_id >= renderer.frames:
             raise ProtocolError(ErrorCode.MALFORMED, f"frame id {msg.frame_id} is past the end of package "
                                 f"{name!r}; expected 0 ... {renderer.frames - 1}", msg.seq)
@@ -179,9 +201,46 @@ class Session:
         mid = len(x16) // 2
         own = x16[mid - 320:mid + 320]
         silent = float(np.sqrt(np.mean(np.square(own, dtype=np.float64)))) < IDLE_RMS
-        rendered = renderer.render([msg.frame_id], [mel], [renderer.chain.new_state()], [silent], degrade)[0]
-        us = int((time.perf_counter() - started) * 1e6)
-        self.metrics.frame(name, us, rendered.status, rendered.tier)
-        self.frames_out += 1
-        return [Frame(seq=msg.seq, status=rendered.status, base_frame=rendered.base, server_us=us,
-                      bounds=rendered.bounds, jpeg=rendered.jpeg)]
+
+        def finish(rendered: list[Rendered]) -> list[Message]:
+            return [self._frame(msg.seq, rendered[0], started, name)]
+
+        return [], Job(renderer, [msg.frame_id], [mel], [renderer.chain.new_state()], [silent], degrade, finish)
+
+
+@dataclass
+class Job:
+    """Frames of one message, ready to render: the renderer's batch inputs and what to do after."""
+
+    renderer: Renderer
+    bases: list
+    mels: list
+    states: list
+    silent: list
+    degrade: bool
+    finish: Callable[[list[Rendered]], list[Message]]
+
+    def run(self) -> list[Message]:
+        return self.finish(self.renderer.render(self.bases, self.mels, self.states, self.silent, self.degrade))
+
+
+def render_jobs(jobs: list[Job]) -> list[list[Message]]:
+    """Render several messages' frames, batching those that share a package, in one call each.
+
+    Returns each job's replies, in the order of ``jobs``. Jobs of the same session
+    stay in order inside a batch, so stateful generators see their frames in sequence.
+    """
+    groups: dict[tuple[int, bool], list[int]] = {}
+    for i, job in enumerate(jobs):
+        groups.setdefault((id(job.renderer), job.degrade), []).append(i)
+    rendered: list = [None] * len(jobs)
+    for idx in groups.values():
+        first = jobs[idx[0]]
+        flat = first.renderer.render([b for i in idx for b in jobs[i].bases], [m for i in idx for m in jobs[i].mels],
+                                     [s for i in idx for s in jobs[i].states],
+                                     [q for i in idx for q in jobs[i].silent], first.degrade)
+        pos = 0
+        for i in idx:
+            rendered[i] = flat[pos:pos + len(jobs[i].bases)]
+            pos += len(jobs[i].bases)
+    return [job.finish(r) for job, r in zip(jobs, rendered)]

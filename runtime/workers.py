@@ -36,6 +36,7 @@ from .store import Metrics, PackageStore
 
 log = logging.getLogger("lipsync.workers")
 START_TIMEOUT_S = 60.0
+GATHER = 16                  # requests a worker takes at once, so frames of several sessions share a batch
 
 
 class WorkerDied(LipsyncError):
@@ -62,7 +63,7 @@ class RecordingMetrics(Metrics):
 
 def _worker_main(conn, path: str, chain: str | None, jpeg_quality: int) -> None:
     """Worker process body: serve sessions until the pipe closes."""
-    from .session import Session
+    from .session import Session, render_jobs
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)      # Ctrl-C reaches the group; the main process drains
     store = PackageStore(path, chain=chain, jpeg_quality=jpeg_quality)
@@ -76,26 +77,46 @@ def _worker_main(conn, path: str, chain: str | None, jpeg_quality: int) -> None:
     conn.send(("ready", store.names()))
     while True:
         try:
-            op, sid, payload, received_at = conn.recv()
+            batch = [conn.recv()]
+            while len(batch) < GATHER and conn.poll(0):      # whatever else is waiting: render it together
+                batch.append(conn.recv())
         except (EOFError, OSError):
             break
-        if op == "open":
-            sessions[sid] = Session(store, metrics)
-            continue
-        if op == "close":
-            sessions.pop(sid, None)
-            continue
-        session = sessions[sid]
+        entries = []
+        for op, sid, payload, received_at in batch:
+            if op == "open":
+                sessions[sid] = Session(store, metrics)
+            elif op == "close":
+                sessions.pop(sid, None)
+            else:
+                entries.append(_prepare(sessions[sid], sid, op, payload, received_at))
+        jobs = [e[3] for e in entries if e[3] is not None]
         try:
-            replies = session.handle(payload, received_at=received_at) if op == "msg" else session.flush()
-        except Exception as exc:              # a bug must not kill the worker, nor the session
-            log.exception("render process: session failed")
-            seq = getattr(payload, "seq", NO_SEQ)
-            replies = [error_reply(ProtocolError(ErrorCode.INTERNAL, f"server error: {exc}", seq))]
-        enc = encode_json if session.encoding == "json" else encode
-        out = [(isinstance(r, Frame), enc(r)) for r in replies]
-        conn.send(("out", sid, out, metrics.drain(), len(session.chunk_seqs)))
+            results = iter(render_jobs(jobs))
+        except Exception as exc:                  # a bug must not kill the worker, nor the sessions
+            log.exception("render process: rendering failed")
+            results = iter([[error_reply(ProtocolError(ErrorCode.INTERNAL, f"server error: {exc}"))]] * len(jobs))
+        for session, sid, replies, job in entries:
+            if job is not None:
+                replies = replies + next(results)
+            enc = encode_json if session.encoding == "json" else encode
+            out = [(isinstance(r, Frame), enc(r)) for r in replies]
+            conn.send(("out", sid, out, metrics.drain(), len(session.chunk_seqs)))
     store.close()
+
+
+def _prepare(session, sid: int, op: str, payload, received_at: float):
+    """(session, sid, immediate replies, render job or None) for one request."""
+    try:
+        if op == "msg":
+            replies, job = session.prepare(payload, received_at=received_at)
+        else:
+            replies, job = [], session.prepare_flush()
+    except Exception as exc:                      # a bug must not kill the worker, nor the session
+        log.exception("render process: session failed")
+        seq = getattr(payload, "seq", NO_SEQ)
+        replies, job = [error_reply(ProtocolError(ErrorCode.INTERNAL, f"server error: {exc}", seq))], None
+    return session, sid, replies, job
 
 
 @dataclass

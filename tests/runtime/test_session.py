@@ -59,3 +59,25 @@ def test_idle_frames_for_silence(packages_dir):
     for i in range(5):
         out += s.handle(chunk(i, np.zeros(640, np.float32)))
     assert len(out) == 3 and all(f.status == FrameStatus.IDLE for f in out)
+
+
+def test_batching_across_sessions_gives_the_same_frames(packages_dir, speech):
+    from runtime.session import render_jobs
+
+    store = PackageStore(packages_dir)
+    store.get("anchor").chain.tiers[0].wait_ready(10)
+    x = speech[16_000 * 5:]
+    one = [Session(store, Metrics()) for _ in range(2)]
+    together = [Session(store, Metrics()) for _ in range(2)]
+    alone_frames, batch_frames = [], []
+    for i in range(20):
+        for s, off in zip(one, (0, 16_000)):
+            alone_frames += s.handle(chunk(i, x[off + i * 640:off + (i + 1) * 640]))
+        prepared = [s.prepare(chunk(i, x[off + i * 640:off + (i + 1) * 640]))
+                    for s, off in zip(together, (0, 16_000))]
+        jobs = [job for _, job in prepared if job is not None]
+        for replies in render_jobs(jobs):
+            batch_frames += replies
+    assert len(alone_frames) == len(batch_frames) == 36
+    for a, b in zip(alone_frames, batch_frames):
+        assert (a.seq, a.base_frame, a.status, a.jpeg) == (b.seq, b.base_frame, b.status, b.jpeg)
