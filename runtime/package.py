@@ -24,6 +24,10 @@ FORMAT_VERSION = "1.0"          # major.minor; readers refuse another major
 MANIFEST = "manifest.json"
 SCHEMA_PATH = Path(__file__).with_name("schema") / "manifest.schema.json"
 
+# Files a reader can do without: serving falls back to the next generator tier
+# (``lipsync-pack verify`` still reports them missing).
+OPTIONAL_FILES = frozenset({"neural.safetensors"})
+
 # Frame flags (flags.npy, uint8), one per frame.
 FLAG_MEASURED = 0       # landmarks measured on this frame
 FLAG_INTERPOLATED = 1   # face lost briefly; landmarks interpolated from neighbours
@@ -103,7 +107,8 @@ class Package:
         """Validate the manifest and check that every listed file is present."""
         root = Path(path)
         manifest = read_manifest(root)
-        missing = [name for name in manifest["files"] if not (root / name).is_file()]
+        missing = [name for name in manifest["files"]
+                   if not (root / name).is_file() and name not in OPTIONAL_FILES]
         if missing:
             raise PackageError(f"{root}: missing file {missing[0]}; the package is incomplete, rebuild it")
         return cls(root=root, manifest=manifest)

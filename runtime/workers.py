@@ -24,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import multiprocessing as mp
+import os
 import signal
 import threading
 import time
@@ -66,6 +67,7 @@ def _worker_main(conn, path: str, chain: str | None, jpeg_quality: int) -> None:
     from .session import Session, render_jobs
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)      # Ctrl-C reaches the group; the main process drains
+    os.environ.setdefault("LIPSYNC_RENDER_THREADS", "1")  # one process per core: one torch thread each
     store = PackageStore(path, chain=chain, jpeg_quality=jpeg_quality)
     for name in store.names():
         try:

@@ -37,7 +37,20 @@ def _sigterm(signum, frame):
     raise Terminated()
 
 
-@click.group(context_settings={"auto_envvar_prefix": "LIPSYNC_PACK", "help_option_names": ["-h", "--help"]})
+class _Group(click.Group):
+    """Adds ``train`` on demand: it imports torch, which the other commands do not need."""
+
+    def list_commands(self, ctx):
+        return sorted([*super().list_commands(ctx), "train"])
+
+    def get_command(self, ctx, name):
+        if name == "train":
+            from .train.train import main as train_main
+            return train_main
+        return super().get_command(ctx, name)
+
+
+@click.group(cls=_Group, context_settings={"auto_envvar_prefix": "LIPSYNC_PACK", "help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="lipsync-pack")
 def main():
     """Turn speaker videos into lip-sync model packages, and check them."""

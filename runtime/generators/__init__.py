@@ -1,8 +1,9 @@
 """Generators: the tiers that turn audio into face crops, chosen by name.
 
 ``GENERATORS`` maps each name to its class; a chain is a comma-separated list
-of names, first choice first (``"retrieval,static"``). ``retrieval`` is the
-default first tier until a package holds trained weights.
+of names, first choice first (``"retrieval,static"``). The default chain is
+``neural,retrieval,static`` for a package holding trained weights
+(``neural.safetensors``) and ``retrieval,static`` otherwise.
 """
 
 from __future__ import annotations
@@ -11,20 +12,23 @@ from ..errors import InputError
 from ..package import Package
 from .base import Generator, NotReady, Request
 from .chain import Chain
+from .neural import NeuralGenerator, has_weights
 from .retrieval import RetrievalGenerator
 from .static import StaticGenerator
 
 GENERATORS: dict[str, type[Generator]] = {
     StaticGenerator.name: StaticGenerator,
     RetrievalGenerator.name: RetrievalGenerator,
+    NeuralGenerator.name: NeuralGenerator,
 }
-DEFAULT_CHAIN = ("retrieval", "static")
+DEFAULT_CHAIN = ("retrieval", "static")           # a package with trained weights puts "neural" first
 
 
-def parse_chain(spec: str | None) -> tuple[str, ...]:
-    """``"retrieval,static"`` -> ("retrieval", "static"); None or "auto" -> the default."""
+def parse_chain(spec: str | None, package: Package | None = None) -> tuple[str, ...]:
+    """``"retrieval,static"`` -> ("retrieval", "static"); None or "auto" -> the default chain,
+    with ``neural`` in front when the package holds trained weights."""
     if spec is None or spec.strip() in ("", "auto"):
-        return DEFAULT_CHAIN
+        return (("neural",) if package is not None and has_weights(package) else ()) + DEFAULT_CHAIN
     names = tuple(n.strip() for n in spec.split(",") if n.strip())
     unknown = [n for n in names if n not in GENERATORS]
     if unknown or not names:
@@ -35,7 +39,7 @@ def parse_chain(spec: str | None) -> tuple[str, ...]:
 
 def build_chain(package: Package, spec: str | None = None) -> Chain:
     """The fallback chain for a package, from a spec like ``"retrieval,static"``."""
-    return Chain(package, [GENERATORS[n] for n in parse_chain(spec)])
+    return Chain(package, [GENERATORS[n] for n in parse_chain(spec, package)])
 
 
 __all__ = ["GENERATORS", "DEFAULT_CHAIN", "Chain", "Generator", "NotReady", "Request",

