@@ -34,7 +34,7 @@ def _sigterm(signum, frame):
 @click.option("--reference", type=click.Path(path_type=Path), default=None,
               help="A real video of the speaker: driven by its own audio, its frames are the reference.")
 @click.option("--generator", default="retrieval", show_default=True,
-              help="Generators to compare, comma-separated (static, retrieval).")
+              help="Generators to compare, comma-separated (static, retrieval, neural).")
 @click.option("--server", default=None, help="Evaluate a running lipsync-serve instead, e.g. ws://127.0.0.1:8765/ws.")
 @click.option("--syncnet-weights", type=click.Path(path_type=Path), default=None,
               help="syncnet_v2.model (from syncnet_python) for LSE-D and LSE-C; skipped without it.")

@@ -33,7 +33,7 @@ import numpy as np
 from tqdm import tqdm
 
 from runtime.errors import InputError, LipsyncError, PackageError
-from runtime.generators import GENERATORS
+from runtime.generators import GENERATORS, has_weights
 from runtime.package import Package
 from runtime.session import pingpong
 
@@ -206,6 +206,9 @@ def evaluate(package: str | Path, audio: str | Path | None = None, config: EvalC
     unknown = [g for g in config.generators if g not in GENERATORS]
     if unknown:
         raise InputError(f"--generator {unknown[0]}: unknown; choose from {', '.join(GENERATORS)}")
+    if "neural" in config.generators and not has_weights(pkg):
+        raise InputError(f"--generator neural: {pkg.root} holds no trained weights; "
+                         f"run `lipsync-pack train {pkg.root}` first")
     if config.server and tuple(config.generators) != ("retrieval",) and len(config.generators) > 1:
         raise InputError("with --server the server's own chain renders; choose it with lipsync-serve --generator")
     ref_dir = ref = None
