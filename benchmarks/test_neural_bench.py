@@ -1,0 +1,69 @@
+"""The neural tier's time per frame on this machine's CPU (issue target: small p95 <= 20 ms on 2 cores).
+
+Timing does not depend on the weights' values, so a randomly initialised small
+model stands in for a trained one. Measured through NeuralGenerator.render
+(crop preparation, model, paste back), single frames and batches, with the
+serving optimisations on and off, so each one's gain is a measured figure.
+"""
+
+import json
+import shutil
+import time
+
+import numpy as np
+import pytest
+import torch
+
+from runtime.generators import Request
+from runtime.generators.neural import NeuralGenerator
+from runtime.neural import SIZES, LipSyncUNet, prepare_inputs, save_weights
+from runtime.package import Package
+
+
+@pytest.fixture(scope="module")
+def package(built, tmp_path_factory):
+    root = tmp_path_factory.mktemp("neural-bench") / "anchor"
+    shutil.copytree(built("German_20s").path, root)
+    torch.manual_seed(0)
+    save_weights(LipSyncUNet(SIZES["small"]).eval(), SIZES["small"], root / "neural.safetensors")
+    return Package.open(root)
+
+
+def _times(fn, n=80, warm=8):
+    for _ in range(warm):
+        fn()
+    out = []
+    for _ in range(n):
+        t0 = time.perf_counter()
+        fn()
+        out.append((time.perf_counter() - t0) * 1e3)
+    return np.asarray(out)
+
+
+def _pct(t):
+    return {"p50": round(float(np.percentile(t, 50)), 2), "p95": round(float(np.percentile(t, 95)), 2)}
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_neural_frame_time(benchmark, package, threads):
+    torch.set_num_threads(threads)
+    gen = NeuralGenerator(package)
+    mel = np.zeros((12, 80), np.float32)
+    k = iter(range(10 ** 9))
+    single = _times(lambda: gen.render([Request(next(k) % 400, mel)]))
+    batch8 = _times(lambda: gen.render([Request((next(k) + j) % 400, mel) for j in range(8)]), n=20) / 8
+    # what each serving optimisation buys: the plain model, without BatchNorm folding or channels-last
+    cfg = gen.cfg
+    crops = np.stack([np.asarray(package.crops[10])])
+    plain = LipSyncUNet(cfg).eval().to(memory_format=torch.contiguous_format)
+    with torch.inference_mode():
+        images, m, _ = prepare_inputs(crops, crops, mel[None], cfg)
+        model_plain = _times(lambda: plain(images.contiguous(), m))
+        model_served = _times(lambda: gen.model(images, m))
+    benchmark.pedantic(lambda: gen.render([Request(5, mel)]), rounds=20, iterations=1)
+    info = {"threads": threads, "render_single_ms": _pct(single), "render_batch8_per_frame_ms": _pct(batch8),
+            "model_only_plain_ms": _pct(model_plain), "model_only_served_ms": _pct(model_served),
+            "served_speedup": round(float(np.median(model_plain) / np.median(model_served)), 2),
+            "params": sum(p.numel() for p in plain.parameters()), "target_p95_ms": 20}
+    benchmark.extra_info.update(info)
+    print("\nneural:", json.dumps(info))
