@@ -51,6 +51,8 @@ def parser() -> argparse.ArgumentParser:
                    help="concurrent websocket sessions")
     p.add_argument("--jpeg-quality", type=int, default=_env("jpeg_quality", d.jpeg_quality, int),
                    help="JPEG quality of the frames, 1-100")
+    p.add_argument("--compile", action="store_true", default=_env("compile", "") == "1",
+                   help="torch.compile the neural tier (about 1.35x faster frames, ~30 s longer start)")
     p.add_argument("--log-level", default=_env("log_level", "info"),
                    choices=["debug", "info", "warning", "error"], help="logging verbosity")
     p.add_argument("--version", action="version", version=f"lipsync-serve {__version__}")
@@ -61,6 +63,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("websockets").setLevel(logging.WARNING)
+    if args.compile:
+        os.environ["LIPSYNC_TORCH_COMPILE"] = "1"          # read by the neural tier in each render process
     try:
         if not 1 <= args.jpeg_quality <= 100:
             raise LipsyncError(f"--jpeg-quality {args.jpeg_quality}: expected 1 ... 100")

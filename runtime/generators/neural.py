@@ -22,6 +22,8 @@ from .base import Generator, Request
 
 WEIGHTS = "neural.safetensors"
 THREADS_ENV = "LIPSYNC_RENDER_THREADS"     # render processes set 1: one core each
+COMPILE_ENV = "LIPSYNC_TORCH_COMPILE"      # "1": torch.compile the model (measured 1.35x faster on CPU,
+                                           # but ~30 s of compiling when a process starts: opt-in)
 
 
 def has_weights(package: Package) -> bool:
@@ -47,6 +49,8 @@ class NeuralGenerator(Generator):
             raise PackageError(f"{package.root / WEIGHTS}: trained for {self.cfg.crop} px crops, the package has "
                                f"{package.crops.shape[1]} px; retrain with `lipsync-pack train`")
         self.model = fuse_for_inference(model).to(self.device)
+        if os.environ.get(COMPILE_ENV) == "1":
+            self.model = torch.compile(self.model)
         self._torch = torch
 
     def render(self, requests: Sequence[Request]) -> list[np.ndarray]:
