@@ -8,7 +8,6 @@ per frame (stages) and the whole command's wall time per frame.
 
 import json
 import time
-import wave
 
 import numpy as np
 
@@ -16,13 +15,14 @@ from runtime import features as F
 from runtime.package import Package
 from runtime.stream import frame_window
 from tests.conftest import AUDIO
+from tests.runtime.conftest import read_wav
+from toolkit.audio import wav_bytes
 from toolkit.evaluate.evaluate import EvalConfig, evaluate
 from toolkit.evaluate.harness import chain_of
 
 
 def _speech(seconds: float) -> np.ndarray:
-    with wave.open(str(AUDIO["eng"])) as w:
-        x = np.frombuffer(w.readframes(w.getnframes()), np.int16).astype(np.float32) / 32768
+    x, _ = read_wav(AUDIO["eng"])
     return x[16_000 * 5:16_000 * 5 + int(16_000 * seconds)]
 
 
@@ -45,9 +45,7 @@ def test_harness_overhead(benchmark, built, tmp_path):
         t = time.perf_counter()
         wav = tmp_path / "speech.wav"
         if not wav.exists():
-            with wave.open(str(wav), "wb") as w:
-                w.setnchannels(1), w.setsampwidth(2), w.setframerate(16_000)
-                w.writeframes((audio * 32767).astype("<i2").tobytes())
+            wav.write_bytes(wav_bytes(audio))
         r = evaluate(path, wav, EvalConfig(out_dir=str(tmp_path / "r"), progress=False))
         results.append((time.perf_counter() - t, r.report))
 

@@ -21,11 +21,11 @@ import numpy as np
 from websockets.asyncio.client import connect
 from websockets.exceptions import InvalidStatus
 
-from . import __version__
+from . import __version__, jpeg
 from .errors import InputError, LipsyncError
 from .protocol import (CHUNK_MS, MAX_MESSAGE_BYTES, WINDOW_MS, AudioChunk, Capabilities, Error, Frame,
                        Hello, Message, SampleFormat, Stats, StatsRequest, SwitchPackage, WindowRequest,
-                       decode, decode_json, encode, encode_json, float32_to_pcm)
+                       decode, decode_json, encode_as, float32_to_pcm)
 
 
 class ServerError(LipsyncError):
@@ -42,11 +42,10 @@ class Unreachable(InputError):
 
 def decode_jpeg(frame: Frame) -> np.ndarray:
     """RGB uint8 [H, W, 3] image of a FRAME's JPEG."""
-    import cv2
-    img = cv2.imdecode(np.frombuffer(frame.jpeg, np.uint8), cv2.IMREAD_COLOR)
-    if img is None:
-        raise LipsyncError(f"FRAME seq {frame.seq}: JPEG does not decode")
-    return cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
+    try:
+        return jpeg.decode_jpeg(frame.jpeg)
+    except LipsyncError:
+        raise LipsyncError(f"FRAME seq {frame.seq}: JPEG does not decode") from None
 
 
 class Client:
@@ -109,7 +108,7 @@ class Client:
     # ------------------------------------------------------------ raw messages
 
     async def send(self, msg: Message) -> None:
-        await self.ws.send(encode_json(msg) if self.encoding == "json" else encode(msg))
+        await self.ws.send(encode_as(msg, self.encoding))
 
     async def send_raw(self, data: bytes | str) -> None:
         """Send bytes or text as they are (tests use this for bad messages)."""

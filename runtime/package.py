@@ -26,7 +26,8 @@ SCHEMA_PATH = Path(__file__).with_name("schema") / "manifest.schema.json"
 
 # Files a reader can do without: serving falls back to the next generator tier
 # (``lipsync-pack verify`` still reports them missing).
-OPTIONAL_FILES = frozenset({"neural.safetensors"})
+NEURAL_WEIGHTS = "neural.safetensors"     # written by `lipsync-pack train`
+OPTIONAL_FILES = frozenset({NEURAL_WEIGHTS})
 
 # Frame flags (flags.npy, uint8), one per frame.
 FLAG_MEASURED = 0       # landmarks measured on this frame
@@ -155,6 +156,12 @@ class Package:
         if not self.has_split:
             return range(self.frames)
         return range(*self.manifest["split"]["train_frames"])
+
+    @cached_property
+    def usable_train_frames(self) -> np.ndarray:
+        """int64 [K]: training frames not flagged lost, the frames generators and training may read."""
+        frames = np.arange(self.train_range.start, self.train_range.stop, dtype=np.int64)
+        return frames[np.asarray(self.flags)[frames] != FLAG_LOST]
 
     @cached_property
     def holdout_range(self) -> range:

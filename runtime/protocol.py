@@ -547,6 +547,11 @@ def encode_json(msg: Message) -> str:
     return json.dumps(obj, separators=(",", ":"), ensure_ascii=False)
 
 
+def encode_as(msg: Message, encoding: str) -> bytes | str:
+    """``msg`` in the encoding a HELLO asked for: bytes for "binary", text for "json"."""
+    return encode_json(msg) if encoding == "json" else encode(msg)
+
+
 def decode_json(text: str | bytes, max_size: int = MAX_MESSAGE_BYTES) -> Message:
     """Parse one JSON-fallback message; same error codes as :func:`decode` (no CRC: JSON has none)."""
     raw = text.encode("utf-8") if isinstance(text, str) else bytes(text)

@@ -30,7 +30,6 @@ import logging
 import mimetypes
 import re
 import signal
-import socket
 import time
 from collections import deque
 from dataclasses import dataclass
@@ -46,7 +45,7 @@ from . import __version__
 from .errors import InputError
 from .package import read_manifest
 from .protocol import (MAX_MESSAGE_BYTES, ErrorCode, Hello, Message, ProtocolError, Stats, StatsRequest,
-                       decode, decode_json, encode, encode_json, error_reply)
+                       decode, decode_json, encode_as, error_reply)
 from .store import Metrics, PackageStore
 from .workers import WorkerDied, WorkerPool
 
@@ -153,7 +152,7 @@ class LipsyncServer:
         self.metrics = Metrics()
         self.pool = WorkerPool(store.path, self.metrics, config.workers, config.chain, config.jpeg_quality)
         self._server = None
-        self._sessions: set[asyncio.Task] = set()
+        self._sessions: dict[asyncio.Task, OutQueue] = {}     # each session's task and outgoing queue
         self.port: int | None = None
 
     # ------------------------------------------------------------ lifecycle
@@ -177,8 +176,7 @@ class LipsyncServer:
         self._server.close(close_connections=False)      # stop listening; sessions go on
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.config.drain_s
-        while self._sessions and loop.time() < deadline and any(
-                getattr(t, "queue", None) and t.queue.items for t in self._sessions):
+        while loop.time() < deadline and any(q.items for q in self._sessions.values()):
             await asyncio.sleep(0.02)
         closers = [asyncio.ensure_future(c.close(1001, "server shutting down")) for c in self._server.connections]
         if closers:
@@ -269,8 +267,7 @@ class LipsyncServer:
     async def _connection(self, ws: ServerConnection) -> None:
         task = asyncio.current_task()
         queue = OutQueue(self.config.queue_frames, self.metrics)
-        task.queue = queue                       # for stop(): is anything left to send?
-        self._sessions.add(task)
+        self._sessions[task] = queue
         self.metrics.count("sessions_active")
         self.metrics.count("sessions_total")
         state = {"encoding": "binary", "pending": 0, "frames": 0}
@@ -297,12 +294,12 @@ class LipsyncServer:
             if worker is not None:
                 self.pool.close(worker, sid)
             self.metrics.count("sessions_active", -1)
-            self._sessions.discard(task)
+            self._sessions.pop(task, None)
             log.info("session closed from %s: %d frames out, %d dropped", peer, state["frames"], queue.dropped)
 
     @staticmethod
     def _encode(msg: Message, state: dict) -> bytes | str:
-        return encode_json(msg) if state["encoding"] == "json" else encode(msg)
+        return encode_as(msg, state["encoding"])
 
     async def _receive_loop(self, ws: ServerConnection, queue: OutQueue, state: dict, worker, sid: int) -> None:
         max_size = self.config.max_message_bytes
@@ -356,12 +353,3 @@ async def serve_until_signal(store: PackageStore, config: ServerConfig, ready=No
     await stop.wait()
     log.info("signal received: draining")
     await asyncio.wait_for(server.stop(), timeout=1.8)
-
-
-def port_free(host: str, port: int) -> bool:
-    with socket.socket() as s:
-        try:
-            s.bind((host, port))
-            return True
-        except OSError:
-            return False

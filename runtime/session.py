@@ -21,12 +21,11 @@ from typing import Callable
 
 import numpy as np
 
-from . import __version__
 from .protocol import (CHUNK_MS, WINDOW_MS, AudioChunk, Capabilities, Error, ErrorCode, Frame, Hello,
                        Message, ProtocolError, Stats, StatsRequest, SwitchPackage, WindowRequest,
                        pcm_to_float32)
 from .store import Metrics, PackageStore, Rendered, Renderer
-from .stream import IDLE_RMS, AudioStream, Resampler, window_from_pcm
+from .stream import IDLE_RMS, AudioStream, Resampler, rms, window_from_pcm
 
 OVERLOAD_S = 0.15       # a message that waited this long before work began is rendered by the cheapest tier
 
@@ -200,7 +199,7 @@ class Session:
         mel = window_from_pcm(x16)
         mid = len(x16) // 2
         own = x16[mid - 320:mid + 320]
-        silent = float(np.sqrt(np.mean(np.square(own, dtype=np.float64)))) < IDLE_RMS
+        silent = rms(own) < IDLE_RMS
 
         def finish(rendered: list[Rendered]) -> list[Message]:
             return [self._frame(msg.seq, rendered[0], started, name)]

@@ -16,16 +16,16 @@ from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import cv2
 import numpy as np
 
 from .errors import InputError, PackageError
 from .generators import Chain, build_chain
+from .jpeg import QUALITY, encode_jpeg
 from .package import MANIFEST, Package
 from .protocol import CHUNK_MS, FrameStatus
 
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
-JPEG_QUALITY = 85
+JPEG_QUALITY = QUALITY
 LATENCY_WINDOW = 10_000          # per-package server times kept for the percentiles
 
 
@@ -82,12 +82,8 @@ class Renderer:
         return out  # type: ignore[return-value]
 
     def _finish(self, status: FrameStatus, base: int, crop: np.ndarray, tier: str) -> Rendered:
-        ok, buf = cv2.imencode(".jpg", cv2.cvtColor(crop, cv2.COLOR_RGB2BGR),
-                               [cv2.IMWRITE_JPEG_QUALITY, self.jpeg_quality])
-        if not ok:
-            raise RuntimeError("JPEG encoding failed")
         x0, y0, x1, y1 = (int(v) for v in self.boxes[base])
-        return Rendered(status, base, buf.tobytes(), (x0, y0, x1, y1), tier)
+        return Rendered(status, base, encode_jpeg(crop, self.jpeg_quality), (x0, y0, x1, y1), tier)
 
     def close(self) -> None:
         self.chain.close()

@@ -40,6 +40,11 @@ RING_ROWS = 256                                 # 3.2 s of mel rows per session
 _RESAMPLE_TAPS_PER_PHASE = 32                   # FIR length per polyphase branch
 
 
+def rms(samples: np.ndarray) -> float:
+    """Root mean square of float samples (full scale 1.0); 0.0 for none."""
+    return float(np.sqrt(np.mean(np.square(samples, dtype=np.float64)))) if len(samples) else 0.0
+
+
 def frame_window(mel: np.ndarray, frame: int, fps: float) -> np.ndarray:
     """The CONTEXT_ROWS mel rows of video frame ``frame``, padded with silence.
 
@@ -222,26 +227,24 @@ class AudioStream:
     def _rows_of(self, frame: int) -> np.ndarray:
         start = int(F.mel_index(frame, self.fps)) - CONTEXT_BEFORE
         out = np.full((CONTEXT_ROWS, F.N_MELS), SILENCE, np.float32)
-        for i in range(CONTEXT_ROWS):
-            m = start + i
-            if 0 <= m < self.rows and m > self.rows - RING_ROWS:
-                out[i] = self._ring[m % RING_ROWS]
+        m = start + np.arange(CONTEXT_ROWS)
+        held = (m >= 0) & (m < self.rows) & (m > self.rows - RING_ROWS)      # computed and still in the ring
+        out[held] = self._ring[m[held] % RING_ROWS]
         return out
 
     def _ready(self, frame: int) -> bool:
+        if self._flushed:                 # silence follows: any frame holding audio can go, even a partial one
+            return frame * self.spf < self.samples
         last_row = int(F.mel_index(frame, self.fps)) + CONTEXT_AFTER - 1
-        audio_in = (frame + 1) * self.spf <= self.samples
-        return audio_in and (last_row < self.rows or (self._flushed and frame * self.spf < self.samples))
+        return (frame + 1) * self.spf <= self.samples and last_row < self.rows
 
     def pop(self) -> list[FrameAudio]:
         """Frames whose audio context is complete, in order; each is returned once."""
         out = []
-        while self._ready(self.next_frame) or (self._flushed and self.next_frame * self.spf < self.samples):
+        while self._ready(self.next_frame):
             k = self.next_frame
             lo = k * self.spf - self._raw_start
-            own = self._raw[lo:lo + self.spf]
-            rms = float(np.sqrt(np.mean(np.square(own, dtype=np.float64)))) if len(own) else 0.0
-            out.append(FrameAudio(index=k, mel=self._rows_of(k), rms=rms))
+            out.append(FrameAudio(index=k, mel=self._rows_of(k), rms=rms(self._raw[lo:lo + self.spf])))
             self.next_frame += 1
         drop = self.next_frame * self.spf - self._raw_start
         if drop > 0:

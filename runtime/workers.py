@@ -32,7 +32,7 @@ from collections import deque
 from dataclasses import dataclass, field
 
 from .errors import LipsyncError
-from .protocol import NO_SEQ, ErrorCode, Frame, ProtocolError, encode, encode_json, error_reply
+from .protocol import NO_SEQ, ErrorCode, Frame, ProtocolError, encode_as, error_reply
 from .store import Metrics, PackageStore
 
 log = logging.getLogger("lipsync.workers")
@@ -101,8 +101,7 @@ def _worker_main(conn, path: str, chain: str | None, jpeg_quality: int) -> None:
         for session, sid, replies, job in entries:
             if job is not None:
                 replies = replies + next(results)
-            enc = encode_json if session.encoding == "json" else encode
-            out = [(isinstance(r, Frame), enc(r)) for r in replies]
+            out = [(isinstance(r, Frame), encode_as(r, session.encoding)) for r in replies]
             conn.send(("out", sid, out, metrics.drain(), len(session.chunk_seqs)))
     store.close()
 

@@ -17,10 +17,10 @@ from typing import Sequence
 import numpy as np
 
 from ..errors import PackageError
+from ..package import NEURAL_WEIGHTS as WEIGHTS
 from ..package import Package
 from .base import Generator, Request
 
-WEIGHTS = "neural.safetensors"
 THREADS_ENV = "LIPSYNC_RENDER_THREADS"     # render processes set 1: one core each
 COMPILE_ENV = "LIPSYNC_TORCH_COMPILE"      # "1": torch.compile the model (measured 1.35x faster on CPU,
                                            # but ~30 s of compiling when a process starts: opt-in)

@@ -26,13 +26,13 @@ is nearest, and paste the chosen frame's lower face onto the base crop:
 from __future__ import annotations
 
 import threading
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Sequence
 
 import cv2
 import numpy as np
 
-from ..package import FLAG_LOST, Package
+from ..package import Package
 from ..stream import CONTEXT_BEFORE, CONTEXT_ROWS, window_features
 from .base import Generator, NotReady, Request
 
@@ -86,7 +86,6 @@ class RetrievalState:
     prev: int = -1                                  # package frame chosen last, -1 after a reset
     face: np.ndarray | None = None                  # float32 (S, S, 3), valid inside `box`
     box: tuple[int, int, int, int] | None = None
-    picks: list = field(default_factory=list)       # recent choices, for tests and eval
 
 
 class RetrievalGenerator(Generator):
@@ -117,8 +116,7 @@ class RetrievalGenerator(Generator):
 
     def _build(self) -> None:
         pkg = self.package
-        flags = np.asarray(pkg.flags)
-        frames = np.array([i for i in pkg.train_range if flags[i] != FLAG_LOST], dtype=np.int64)
+        frames = pkg.usable_train_frames
         if len(frames) == 0:
             raise NotReady(f"{pkg.root}: no usable training frames for retrieval")
         if len(frames) > MAX_KEYS:
@@ -191,7 +189,6 @@ class RetrievalGenerator(Generator):
         state.face[y0:y1, x0:x1] = warped
         state.box = (x0, y0, x1, y1)
         state.prev = src
-        state.picks = (state.picks + [src])[-64:]
         mask = self._mask(base_lm[LOWER_FACE], warped_lm, (x0, y0, x1, y1))
         out = np.array(pkg.crops[req.base])
         roi = out[y0:y1, x0:x1].astype(np.float32)

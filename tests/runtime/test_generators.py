@@ -7,7 +7,7 @@ import pytest
 
 from runtime import features as F
 from runtime.generators import GENERATORS, Chain, Generator, Request, build_chain, parse_chain
-from runtime.generators.retrieval import LOWER_FACE, RetrievalGenerator
+from runtime.generators.retrieval import RetrievalGenerator
 from runtime.generators.static import StaticGenerator
 from runtime.package import Package
 from runtime.stream import frame_window

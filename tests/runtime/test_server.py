@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import signal
 import socket
@@ -20,8 +19,7 @@ from websockets.exceptions import ConnectionClosed
 
 from runtime.client import Client, ServerError, Unreachable, decode_jpeg, window_around
 from runtime.package import Package
-from runtime.protocol import (AudioChunk, Error, ErrorCode, Frame, FrameStatus, SampleFormat, Stats,
-                              StatsRequest, encode, float32_to_pcm)
+from runtime.protocol import (AudioChunk, Error, ErrorCode, Frame, FrameStatus, SampleFormat, encode, float32_to_pcm)
 from runtime.session import pingpong
 from tests.conftest import ROOT
 

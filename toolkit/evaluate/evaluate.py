@@ -38,6 +38,7 @@ from runtime.package import Package
 from runtime.session import pingpong
 
 from .. import video
+from ..audio import wav_bytes
 from ..faces import create as create_backend
 from . import harness, quality
 from .report import write_report
@@ -143,16 +144,6 @@ class VideoWriter:
             raise LipsyncError(f"ffmpeg could not write {self.path.name}: {err.strip().splitlines()[-1:]}")
 
 
-def _write_wav(path: Path, samples: np.ndarray) -> None:
-    import wave
-    pcm = (np.clip(samples, -1, 1) * 32767).astype("<i2")
-    with wave.open(str(path), "wb") as w:
-        w.setnchannels(1)
-        w.setsampwidth(2)
-        w.setframerate(SAMPLE_RATE)
-        w.writeframes(pcm.tobytes())
-
-
 def _bases(pkg: Package, frames: int) -> np.ndarray:
     """Ping-pong over the training frames from frame 0, as the server walks the package."""
     train = pkg.train_range
@@ -209,7 +200,7 @@ def evaluate(package: str | Path, audio: str | Path | None = None, config: EvalC
     if "neural" in config.generators and not has_weights(pkg):
         raise InputError(f"--generator neural: {pkg.root} holds no trained weights; "
                          f"run `lipsync-pack train {pkg.root}` first")
-    if config.server and tuple(config.generators) != ("retrieval",) and len(config.generators) > 1:
+    if config.server and len(config.generators) > 1:
         raise InputError("with --server the server's own chain renders; choose it with lipsync-serve --generator")
     ref_dir = ref = None
     if config.reference:
@@ -239,7 +230,7 @@ def evaluate(package: str | Path, audio: str | Path | None = None, config: EvalC
     try:
         scratch.mkdir(parents=True)
         wav_path = scratch / "audio.wav"
-        _write_wav(wav_path, samples)
+        wav_path.write_bytes(wav_bytes(samples))
         bases = _bases(pkg, frames)
         hold = np.arange(pkg.holdout_range.start, pkg.holdout_range.start + frames) if config.holdout else None
         needed = np.concatenate([bases, hold if hold is not None else []]).astype(np.int64)

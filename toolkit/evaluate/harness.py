@@ -23,19 +23,17 @@ import asyncio
 import resource
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Callable
 
 import cv2
 import numpy as np
 
 from runtime.generators import GENERATORS, Chain
+from runtime.jpeg import decode_jpeg, encode_jpeg
 from runtime.package import Package
 from runtime.protocol import CHUNK_MS, FrameStatus
-from runtime.session import pingpong
 from runtime.stream import AudioStream
 
-JPEG_QUALITY = 85
 STAGES = ("features", "generator", "jpeg", "paste")
 
 
@@ -106,16 +104,6 @@ def paste(frame: np.ndarray, crop: np.ndarray, bounds) -> np.ndarray:
     return frame
 
 
-def jpeg_roundtrip(crop: np.ndarray, quality: int = JPEG_QUALITY) -> tuple[bytes, float]:
-    t0 = time.perf_counter()
-    ok, buf = cv2.imencode(".jpg", cv2.cvtColor(crop, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, quality])
-    return buf.tobytes(), (time.perf_counter() - t0) * 1e3
-
-
-def decode_jpeg(data: bytes) -> np.ndarray:
-    return cv2.cvtColor(cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
-
-
 def chain_of(package: Package, name: str) -> Chain:
     """A chain of one generator: the evaluation measures it, with no fallback to hide its failures."""
     chain = Chain(package, [GENERATORS[name]])
@@ -166,7 +154,9 @@ def run_inprocess(package: Package, audio16k: np.ndarray, generator: str, bases:
             else:
                 crop = chain.render([base], [fa.mel], [state])[0][0]
             stages["generator"][k] = (time.perf_counter() - t1) * 1e3
-            data, stages["jpeg"][k] = jpeg_roundtrip(crop)
+            t_jpeg = time.perf_counter()
+            data = encode_jpeg(crop)
+            stages["jpeg"][k] = (time.perf_counter() - t_jpeg) * 1e3
             stages["total"][k] = stages["features"][k] + stages["generator"][k] + stages["jpeg"][k]
             if first is None:
                 first = (time.perf_counter() - t_start) * 1e3
@@ -180,11 +170,6 @@ def run_inprocess(package: Package, audio16k: np.ndarray, generator: str, bases:
     wall = time.perf_counter() - t_start
     return Run(generator, "in-process", np.asarray(bases), status, out, stages, first or 0.0, wall,
                peak_rss_mb(), dict(chain.served))
-
-
-def stream_bases(package: Package, frames: int) -> np.ndarray:
-    """The base frames the server would use: ping-pong from frame 0."""
-    return np.array([pingpong(t, package.frames) for t in range(frames)], dtype=np.int64)
 
 
 async def _server_stream(url: str, name: str, audio16k: np.ndarray, frames: int, progress) -> list:

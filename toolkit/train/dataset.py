@@ -29,7 +29,7 @@ from torch.utils.data import Dataset
 from runtime.errors import InputError
 from runtime.neural.model import ModelConfig
 from runtime.features import mel_index
-from runtime.package import FLAG_LOST, Package
+from runtime.package import Package
 from runtime.stream import CONTEXT_AFTER, frame_window
 
 LIPS = slice(48, 68)       # iBUG 68: outer and inner lip contours
@@ -59,8 +59,7 @@ class PackageDataset(Dataset):
     """
 
     def __init__(self, package: Package, cfg: ModelConfig, augment: bool = False, seed: int = 0):
-        flags = np.asarray(package.flags)
-        frames = np.array([k for k in package.train_range if flags[k] != FLAG_LOST], dtype=np.int64)
+        frames = package.usable_train_frames
         if package.has_split and len(package.holdout_range):
             first_held_row = mel_index(package.holdout_range.start, package.fps)
             frames = frames[mel_index(frames, package.fps) + CONTEXT_AFTER <= first_held_row]

@@ -52,11 +52,11 @@ from tqdm import tqdm
 from runtime.errors import InputError, LipsyncError, PackageError
 from runtime.neural.model import SIZES, LipSyncUNet, ModelConfig, prepare_inputs, save_weights
 from runtime.package import MANIFEST, Package, read_manifest, sha256_file, validate_manifest
+from runtime.package import NEURAL_WEIGHTS as WEIGHTS  # in the package, listed in manifest files
 from toolkit.writer import MEDIA_TYPES, write_bytes_atomic
 
 from .dataset import PackageDataset, collate, step_batches
 
-WEIGHTS = "neural.safetensors"          # in the package, listed in manifest files
 CHECKPOINT_DIR = ".train"               # hidden: never part of the package
 CHECKPOINT = "checkpoint.safetensors"
 CHECKPOINT_META = "checkpoint.json"
