@@ -20,7 +20,7 @@ from .errors import PackageError
 from .schema import iter_errors, load_schema
 
 FORMAT_NAME = "lipsync-package"
-FORMAT_VERSION = "1.0"          # major.minor; readers refuse another major
+FORMAT_VERSION = "1.1"          # major.minor; readers refuse another major; 1.1 added mouth.safetensors
 MANIFEST = "manifest.json"
 SCHEMA_PATH = Path(__file__).with_name("schema") / "manifest.schema.json"
 

@@ -9,7 +9,8 @@ Streaming mode: AUDIO_CHUNK ``k`` (40 ms) is answered by the FRAME for video
 frame ``k``, with the chunk's seq, once chunk ``k + LOOKAHEAD_CHUNKS`` has
 arrived (see :mod:`runtime.stream`), or when the client goes quiet and the
 server calls :meth:`Session.flush`. Base frames advance ping-pong through the
-package, one per frame, so the head keeps moving.
+package's training frames, one per frame, so the head keeps moving
+(:meth:`runtime.store.Renderer.base_frame`).
 """
 
 from __future__ import annotations
@@ -28,15 +29,6 @@ from .store import Metrics, PackageStore, Rendered, Renderer
 from .stream import IDLE_RMS, AudioStream, Resampler, rms, window_from_pcm
 
 OVERLOAD_S = 0.15       # a message that waited this long before work began is rendered by the cheapest tier
-
-
-def pingpong(t: int, n: int) -> int:
-    """Frame index at tick ``t`` walking 0, 1, ..., n-1, n-2, ..., 1, 0, 1, ...  (n >= 1)."""
-    if n <= 1:
-        return 0
-    period = 2 * n - 2
-    r = t % period
-    return r if r < n else period - r
 
 
 class Session:
@@ -69,7 +61,7 @@ class Session:
         renderer = self.store.get(name)
         if renderer is not self._renderer:
             self._renderer, self.package = renderer, name
-            self._states = renderer.chain.new_state()
+            self._states = renderer.new_state()
         return renderer
 
     def _error(self, code: ErrorCode, text: str, seq: int) -> Error:
@@ -156,8 +148,7 @@ class Session:
         ready = self.audio.pop()
         if not ready:
             return None
-        n = renderer.frames
-        bases = [pingpong(self.tick + i, n) for i in range(len(ready))]
+        bases = [renderer.base_frame(self.tick + i) for i in range(len(ready))]
         self.tick += len(ready)
         seqs = [self.chunk_seqs.popleft() for _ in ready]
         package = self.package
@@ -204,7 +195,7 @@ class Session:
         def finish(rendered: list[Rendered]) -> list[Message]:
             return [self._frame(msg.seq, rendered[0], started, name)]
 
-        return [], Job(renderer, [msg.frame_id], [mel], [renderer.chain.new_state()], [silent], degrade, finish)
+        return [], Job(renderer, [msg.frame_id], [mel], [renderer.new_state(rest=float(silent))], [silent], degrade, finish)
 
 
 @dataclass
@@ -218,9 +209,11 @@ class Job:
     silent: list
     degrade: bool
     finish: Callable[[list[Rendered]], list[Message]]
+    rendered: list | None = None     # after run(): the Rendered frames (their stage timings), for lipsync-eval
 
     def run(self) -> list[Message]:
-        return self.finish(self.renderer.render(self.bases, self.mels, self.states, self.silent, self.degrade))
+        self.rendered = self.renderer.render(self.bases, self.mels, self.states, self.silent, self.degrade)
+        return self.finish(self.rendered)
 
 
 def render_jobs(jobs: list[Job]) -> list[list[Message]]:

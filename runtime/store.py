@@ -20,13 +20,17 @@ import numpy as np
 
 from .errors import InputError, PackageError
 from .generators import Chain, build_chain
+from .generators.paste import transplant
 from .jpeg import QUALITY, encode_jpeg
+from .mouth import for_package
 from .package import MANIFEST, Package
 from .protocol import CHUNK_MS, FrameStatus
 
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 JPEG_QUALITY = QUALITY
 LATENCY_WINDOW = 10_000          # per-package server times kept for the percentiles
+REST_KEY = "rest"                # session state: weight of the resting mouth, 0 (speaking) to 1 (at rest)
+REST_STEP = 0.4                  # per 40 ms frame: 0 -> 1 in three frames (about 100 ms)
 
 
 @dataclass
@@ -38,6 +42,8 @@ class Rendered:
     jpeg: bytes
     bounds: tuple[int, int, int, int]
     tier: str
+    render_ms: float = 0.0       # the generator's share of the batch (0 for idle frames: no generator call)
+    jpeg_ms: float = 0.0
 
 
 def check_servable(package: Package) -> None:
@@ -45,6 +51,25 @@ def check_servable(package: Package) -> None:
     if abs(package.fps * CHUNK_MS - 1000) > 1e-6:
         raise PackageError(f"{package.root}: package is at {package.fps:g} fps, but the protocol streams "
                            f"{CHUNK_MS} ms chunks (25 fps); rebuild it with `lipsync-pack build --fps 25`")
+
+
+def pingpong(t: int, n: int) -> int:
+    """Frame index at tick ``t`` walking 0, 1, ..., n-1, n-2, ..., 1, 0, 1, ...  (n >= 1)."""
+    if n <= 1:
+        return 0
+    period = 2 * n - 2
+    r = t % period
+    return r if r < n else period - r
+
+
+def base_frame(package: Package, t: int) -> int:
+    """The base frame a stream shows at tick ``t``: ping-pong over the training frames.
+
+    The held-out tail is never shown, so ``lipsync-eval --holdout`` compares
+    generated frames with real frames the generators have not seen.
+    """
+    train = package.train_range
+    return train.start + pingpong(t, len(train))
 
 
 class Renderer:
@@ -55,35 +80,63 @@ class Renderer:
         check_servable(package)
         self.name = name
         self.package = package
+        self.rest_frame = for_package(package).rest_frame   # PackageError on a damaged mouth model
         self.chain: Chain = build_chain(package, chain_spec)
         self.jpeg_quality = jpeg_quality
         self.boxes = package.boxes           # mmap, int32 [N, 4]
         self.frames = package.frames
 
+    def new_state(self, rest: float = 1.0) -> dict:
+        """A session's state: each tier's, and the resting mouth's weight (streams start at rest)."""
+        return {**self.chain.new_state(), REST_KEY: rest}
+
+    def base_frame(self, t: int) -> int:
+        """See :func:`base_frame`."""
+        return base_frame(self.package, t)
+
     def render(self, bases: list[int], mels: list[np.ndarray], states: list[dict],
                silent: list[bool], degrade: bool = False) -> list[Rendered]:
-        """Render a batch; silent frames get the base crop without a generator call.
+        """Render a batch of frames, in order per session.
+
+        Each session's resting-mouth weight moves REST_STEP per frame towards 1 on
+        silent frames and towards 0 on the others (about 100 ms each way). At 1 the
+        frame is IDLE: the base frame with the resting mouth, without a generator
+        call; in between, the generator renders with that weight (:class:`Request`).
 
         ``degrade``: the server is behind; use the chain's cheapest tier (tier name gets ":overload").
         """
         out: list[Rendered | None] = [None] * len(bases)
-        speak = [i for i, s in enumerate(silent) if not s]
+        rest = []
+        for s, state in zip(silent, states):          # in order: one session's frames follow each other
+            w = state.get(REST_KEY, 1.0)
+            w = min(1.0, w + REST_STEP) if s else max(0.0, w - REST_STEP)
+            state[REST_KEY] = w
+            rest.append(w)
+        speak = [i for i, w in enumerate(rest) if w < 1.0]
         if speak:
+            t0 = time.perf_counter()
             crops, tier = self.chain.render([bases[i] for i in speak], [mels[i] for i in speak],
-                                            [states[i] for i in speak], degrade=degrade)
+                                            [states[i] for i in speak], degrade=degrade,
+                                            rest=[rest[i] for i in speak])
+            ms = (time.perf_counter() - t0) * 1e3 / len(speak)
             tier = f"{tier}:overload" if degrade else tier
             for i, crop in zip(speak, crops):
-                out[i] = self._finish(FrameStatus.OK, bases[i], crop, tier)
-        crops = self.package.crops
-        for i, s in enumerate(silent):
-            if s:
+                out[i] = self._finish(FrameStatus.OK, bases[i], crop, tier, ms)
+        for i, w in enumerate(rest):
+            if w >= 1.0:
                 self.chain.reset(states[i])
-                out[i] = self._finish(FrameStatus.IDLE, bases[i], np.asarray(crops[bases[i]]), "idle")
+                out[i] = self._finish(FrameStatus.IDLE, bases[i], self.resting(bases[i]), "idle")
         return out  # type: ignore[return-value]
 
-    def _finish(self, status: FrameStatus, base: int, crop: np.ndarray, tier: str) -> Rendered:
+    def resting(self, base: int) -> np.ndarray:
+        """Base frame ``base`` with the speaker's resting mouth."""
+        return transplant(self.package, base, self.rest_frame)
+
+    def _finish(self, status: FrameStatus, base: int, crop: np.ndarray, tier: str, render_ms: float = 0.0) -> Rendered:
         x0, y0, x1, y1 = (int(v) for v in self.boxes[base])
-        return Rendered(status, base, encode_jpeg(crop, self.jpeg_quality), (x0, y0, x1, y1), tier)
+        t0 = time.perf_counter()
+        jpeg = encode_jpeg(crop, self.jpeg_quality)
+        return Rendered(status, base, jpeg, (x0, y0, x1, y1), tier, render_ms, (time.perf_counter() - t0) * 1e3)
 
     def close(self) -> None:
         self.chain.close()

@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from runtime import __version__, features
+from runtime import __version__, features, mouth
 from runtime.errors import FaceError, InputError
 from runtime.package import FLAG_INTERPOLATED, FLAG_LOST, FLAG_MEASURED, FORMAT_NAME, FORMAT_VERSION
 from runtime.package import sha256_file
@@ -212,6 +212,11 @@ def _manifest(name, info, cfg, backend, frames, region, quality, audio, seconds)
     }
 
 
+def mouth_entry(model: "mouth.MouthModel") -> dict:
+    """The manifest's ``extra.mouth``: what the stored mouth-shape model is and how well it fitted."""
+    return {"file": mouth.MOUTH_FILE, "rest_frame": model.rest_frame, "scale": round(model.scale, 4), **model.info}
+
+
 def build_package(source: str | Path, out: str | Path, config: BuildConfig = BuildConfig(),
                   audio: str | Path | None = None, force: bool = False, progress: bool = False,
                   log=lambda msg: None) -> BuildResult:
@@ -274,6 +279,14 @@ def build_package(source: str | Path, out: str | Path, config: BuildConfig = Bui
             region = mouth_region(mouths, usable, config.crop_size)
             for name, arr in [("landmarks", lm_crop), ("boxes", smoothed.boxes), ("mouth_boxes", mouths), ("flags", flags)]:
                 writer.save(f"{name}.npy", arr)
+        with clock.stage("mouth"):
+            split = _split(n, config.holdout)
+            fit_on = mouth.fit_frames(flags, split["train_frames"][1])
+            if len(fit_on) < mouth.MIN_FRAMES:
+                raise FaceError(f"{info.path}: only {len(fit_on)} training frames show the face; the mouth model "
+                                f"needs {mouth.MIN_FRAMES} (1 s); use a longer video or a smaller --holdout")
+            shape = mouth.fit_arrays(lm_crop, track.mel, config.fps, fit_on, str(info.path))
+            writer.path(mouth.MOUTH_FILE).write_bytes(shape.to_bytes())
         with clock.stage("preview"):
             tiles = [preview.tile(frames[i], crops[i], smoothed.boxes[i], lm_crop[i], flags[i], region, i) for i in keep]
             title = f"{writer.name}: {info.path.name}, {n} frames at {config.fps:g} fps, {backend.name} landmarks"
@@ -282,5 +295,6 @@ def build_package(source: str | Path, out: str | Path, config: BuildConfig = Bui
         quality = _quality(flags, smoothed, tracker, face_size, track)
         with clock.stage("write"):
             manifest = _manifest(writer.name, info, config, backend, n, region, quality, track, clock.seconds)
+            manifest["extra"] = {"mouth": mouth_entry(shape)}
             manifest = writer.commit(manifest)
     return BuildResult(path=writer.dest, manifest=manifest, seconds=clock.seconds, backend_reason=reason)

@@ -33,11 +33,16 @@ class Request:
         The frame's audio context (see :mod:`runtime.stream`).
     state : Any
         This session's state for this generator, from :meth:`Generator.new_state`.
+    rest : float
+        Weight of the resting mouth, 0 (speak) to 1 (rest): the renderer eases it
+        in and out around silence (:mod:`runtime.store`), and a generator moves
+        its mouth that far towards the package's resting mouth.
     """
 
     base: int
     mel: np.ndarray
     state: Any = None
+    rest: float = 0.0
 
 
 class Generator(ABC):

@@ -57,14 +57,16 @@ class Chain:
             g.reset(state[g.name])
 
     def render(self, bases: Sequence[int], mels: Sequence[np.ndarray], states: Sequence[dict],
-               degrade: bool = False) -> tuple[list[np.ndarray], str]:
+               degrade: bool = False, rest: Sequence[float] | None = None) -> tuple[list[np.ndarray], str]:
         """Render a batch with the first tier that succeeds; returns (crops, tier name).
 
+        ``rest``: each frame's resting-mouth weight (:attr:`Request.rest`), 0 if None.
         With ``degrade`` (the server is behind), only the last, cheapest tier is tried.
         """
         last: Exception | None = None
+        rest = [0.0] * len(bases) if rest is None else rest
         for g in (self.tiers[-1:] if degrade else self.tiers):
-            reqs = [Request(b, m, s[g.name]) for b, m, s in zip(bases, mels, states)]
+            reqs = [Request(b, m, s[g.name], w) for b, m, s, w in zip(bases, mels, states, rest)]
             try:
                 out = g.render(reqs)
             except NotReady as exc:

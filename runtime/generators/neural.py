@@ -19,7 +19,9 @@ import numpy as np
 from ..errors import PackageError
 from ..package import NEURAL_WEIGHTS as WEIGHTS
 from ..package import Package
+from ..mouth import for_package
 from .base import Generator, Request
+from .paste import blend, transplant
 
 THREADS_ENV = "LIPSYNC_RENDER_THREADS"     # render processes set 1: one core each
 COMPILE_ENV = "LIPSYNC_TORCH_COMPILE"      # "1": torch.compile the model (measured 1.35x faster on CPU,
@@ -52,6 +54,7 @@ class NeuralGenerator(Generator):
         if os.environ.get(COMPILE_ENV) == "1":
             self.model = torch.compile(self.model)
         self._torch = torch
+        self.rest_frame = for_package(package).rest_frame
 
     def render(self, requests: Sequence[Request]) -> list[np.ndarray]:
         from ..neural import prepare_inputs, to_crops
@@ -61,4 +64,7 @@ class NeuralGenerator(Generator):
         with self._torch.inference_mode():
             images, mel, _ = prepare_inputs(crops, crops, mels, self.cfg)
             pred = self.model(images.to(self.device), mel.to(self.device))                # (B, 3, px, px)
-        return list(to_crops(pred, crops, self.cfg))
+        out = list(to_crops(pred, crops, self.cfg))
+        # easing into or out of silence: fade towards the resting mouth
+        return [blend(o, transplant(self.package, r.base, self.rest_frame), r.rest) if r.rest > 0 else o
+                for o, r in zip(out, requests)]

@@ -58,7 +58,6 @@ def test_chain_falls_back_to_retrieval(trained, tmp_path, speech, damage):
     else:
         weights.write_bytes(weights.read_bytes()[:1000])
     chain = build_chain(Package.open(root))
-    next(g for g in chain.tiers if g.name == "retrieval").wait_ready(10)
     state = chain.new_state()
     _, tier = chain.render([5], windows(speech, 1), [state])
     assert tier == "retrieval"

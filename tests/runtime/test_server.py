@@ -20,7 +20,7 @@ from websockets.exceptions import ConnectionClosed
 from runtime.client import Client, ServerError, Unreachable, decode_jpeg, window_around
 from runtime.package import Package
 from runtime.protocol import (AudioChunk, Error, ErrorCode, Frame, FrameStatus, SampleFormat, encode, float32_to_pcm)
-from runtime.session import pingpong
+from runtime.store import base_frame
 from tests.conftest import ROOT
 
 from .conftest import running_server
@@ -57,7 +57,7 @@ def test_streaming_binary_one_frame_per_chunk_in_order(server, packages_dir, spe
     first_seq, frames = run(go())
     assert len(frames) == 50
     assert [f.seq for f in frames] == list(range(first_seq, first_seq + 50))
-    assert [f.base_frame for f in frames] == [pingpong(t, pkg.frames) for t in range(50)]
+    assert [f.base_frame for f in frames] == [base_frame(pkg, t) for t in range(50)]
     assert sum(f.status == FrameStatus.OK for f in frames) > 25     # speech: mostly re-rendered
     for f in frames[::7]:
         assert f.bounds == tuple(int(v) for v in pkg.boxes[f.base_frame])

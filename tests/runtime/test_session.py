@@ -7,8 +7,8 @@ import time
 import numpy as np
 
 from runtime.protocol import AudioChunk, Capabilities, Error, ErrorCode, Frame, FrameStatus, Hello, float32_to_pcm
-from runtime.session import OVERLOAD_S, Session, pingpong
-from runtime.store import Metrics, PackageStore
+from runtime.session import OVERLOAD_S, Session
+from runtime.store import Metrics, PackageStore, pingpong
 
 
 def chunk(seq, samples):
@@ -65,7 +65,6 @@ def test_batching_across_sessions_gives_the_same_frames(packages_dir, speech):
     from runtime.session import render_jobs
 
     store = PackageStore(packages_dir)
-    store.get("anchor").chain.tiers[0].wait_ready(10)
     x = speech[16_000 * 5:]
     one = [Session(store, Metrics()) for _ in range(2)]
     together = [Session(store, Metrics()) for _ in range(2)]

@@ -35,7 +35,7 @@ from tqdm import tqdm
 from runtime.errors import InputError, LipsyncError, PackageError
 from runtime.generators import GENERATORS, has_weights
 from runtime.package import Package
-from runtime.session import pingpong
+from runtime.store import base_frame
 
 from .. import video
 from ..audio import wav_bytes
@@ -145,9 +145,8 @@ class VideoWriter:
 
 
 def _bases(pkg: Package, frames: int) -> np.ndarray:
-    """Ping-pong over the training frames from frame 0, as the server walks the package."""
-    train = pkg.train_range
-    return np.array([train.start + pingpong(t, len(train)) for t in range(frames)], dtype=np.int64)
+    """The base frames a session shows, tick by tick (:func:`runtime.store.base_frame`)."""
+    return np.array([base_frame(pkg, t) for t in range(frames)], dtype=np.int64)
 
 
 def _measure(run: harness.Run, meter: quality.MouthMeter, bases: np.ndarray, desc: str, show: bool) -> np.ndarray:
@@ -316,7 +315,7 @@ def _run_all(pkg, samples, frames, bases, hold, config, base_video, work, wav_pa
                                          holdout_bases=bases if hold is not None else None,
                                          on_frame=on_frame, progress=bar)
             else:
-                run = harness.run_inprocess(pkg, samples, name, bases, on_frame=on_frame, progress=bar)
+                run = harness.run_inprocess(pkg, samples, name, on_frame=on_frame, progress=bar)
         finally:
             bar.close()
             writer.close()

@@ -1,12 +1,13 @@
 """Drive the runtime frame by frame, as the server does, and time every stage.
 
-In-process runs use the server's own pieces (:class:`runtime.stream.AudioStream`,
-the generator chain, the same JPEG settings), in real-time order: audio goes in
-40 ms at a time and each frame comes out as soon as its look-ahead is in.
+In-process runs drive the server's own :class:`runtime.session.Session` with
+AUDIO_CHUNK messages, in real-time order: audio goes in 40 ms at a time and
+each frame comes out as soon as its look-ahead is in, rendered, eased into
+silence and JPEG-encoded by the code that serves it.
 Stages, per frame, in milliseconds:
 
 - ``features``: resampling and log-mel for the chunk that completed the frame;
-- ``generator``: the generator's render call (0 for silent frames, which get the base crop);
+- ``generator``: the generator's render call (0 for idle frames: the resting mouth, no generator);
 - ``jpeg``: JPEG encoding, as the server sends it;
 - ``paste``: what a client does: JPEG decoding and pasting the crop into the full frame.
 
@@ -28,11 +29,11 @@ from typing import Callable
 import cv2
 import numpy as np
 
-from runtime.generators import GENERATORS, Chain
-from runtime.jpeg import decode_jpeg, encode_jpeg
+from runtime.jpeg import decode_jpeg
 from runtime.package import Package
-from runtime.protocol import CHUNK_MS, FrameStatus
-from runtime.stream import AudioStream
+from runtime.protocol import CHUNK_MS, AudioChunk, SampleFormat, float32_to_pcm
+from runtime.session import Session
+from runtime.store import Metrics, PackageStore
 
 STAGES = ("features", "generator", "jpeg", "paste")
 
@@ -104,72 +105,69 @@ def paste(frame: np.ndarray, crop: np.ndarray, bounds) -> np.ndarray:
     return frame
 
 
-def chain_of(package: Package, name: str) -> Chain:
-    """A chain of one generator: the evaluation measures it, with no fallback to hide its failures."""
-    chain = Chain(package, [GENERATORS[name]])
-    for g in chain.tiers:
-        if hasattr(g, "wait_ready"):
-            g.wait_ready(60)
-    return chain
-
-
-def run_inprocess(package: Package, audio16k: np.ndarray, generator: str, bases: np.ndarray,
+def run_inprocess(package: Package, audio16k: np.ndarray, generator: str,
                   on_frame: Callable[..., float] | None = None, progress=None) -> Run:
-    """Render one frame per 40 ms of audio with ``generator``, onto ``bases``, timing each stage.
+    """Stream the audio through a real :class:`runtime.session.Session`, 40 ms at a time, timing each stage.
+
+    The session, its renderer and its generator are the server's own, built by a
+    :class:`runtime.store.PackageStore` on the package with a chain of the one
+    ``generator`` (no fallback to hide its failures): the JPEGs are the bytes
+    the server would send, base frames included.
 
     Parameters
     ----------
     audio16k : np.ndarray [shape=(T * 640,), dtype=float32]
-    bases : np.ndarray [shape=(T,), dtype=int]
-        Package frame to render each output frame onto.
     on_frame : callable, optional
         ``on_frame(k, crop, bounds, base) -> milliseconds``: composes the full frame
         (the ``paste`` stage) and hands it on, e.g. to the video writer.
     """
-    chain = chain_of(package, generator)
-    state = chain.new_state()
-    stream = AudioStream(package.fps)
-    spf = stream.spf
-    n = len(bases)
+    store = PackageStore(package.root, chain=generator)
+    session = Session(store, Metrics())
+    renderer = store.get(store.default)
+    spf = int(round(16_000 / package.fps))
+    n = int(np.ceil(len(audio16k) / spf))
     stages = {s: np.zeros(n) for s in (*STAGES, "total")}
     status = np.zeros(n, np.uint8)
-    crops, boxes = package.crops, package.boxes
+    bases = np.zeros(n, np.int64)
     out = JpegFrames()
     first = None
+    k = 0
     t_start = time.perf_counter()
     for i in range(n):
         t0 = time.perf_counter()
-        stream.push(audio16k[i * spf:(i + 1) * spf])
-        if i == n - 1:
-            stream.flush()
-        ready = stream.pop()
+        pcm = np.zeros(spf, np.float32)
+        chunk = audio16k[i * spf:(i + 1) * spf]
+        pcm[:len(chunk)] = chunk
+        msg = AudioChunk(seq=i, sample_rate=16_000, sample_format=SampleFormat.FLOAT32,
+                         pcm=float32_to_pcm(pcm, SampleFormat.FLOAT32))
+        replies, job = session.prepare(msg)
+        if replies:
+            raise RuntimeError(f"the session answered {replies[0]}")
         feat_ms = (time.perf_counter() - t0) * 1e3
-        for fa in ready:
-            k, base = fa.index, int(bases[fa.index])
-            stages["features"][k] = feat_ms / len(ready)
-            t1 = time.perf_counter()
-            if fa.silent:
-                chain.reset(state)
-                crop, status[k] = np.asarray(crops[base]), FrameStatus.IDLE
-            else:
-                crop = chain.render([base], [fa.mel], [state])[0][0]
-            stages["generator"][k] = (time.perf_counter() - t1) * 1e3
-            t_jpeg = time.perf_counter()
-            data = encode_jpeg(crop)
-            stages["jpeg"][k] = (time.perf_counter() - t_jpeg) * 1e3
-            stages["total"][k] = stages["features"][k] + stages["generator"][k] + stages["jpeg"][k]
-            if first is None:
-                first = (time.perf_counter() - t_start) * 1e3
-            t2 = time.perf_counter()
-            seen = decode_jpeg(data)
-            out.append(data)
-            extra = on_frame(k, seen, boxes[base], base) if on_frame else 0.0     # returns its own I/O time
-            stages["paste"][k] = (time.perf_counter() - t2) * 1e3 - extra
-            if progress is not None:
-                progress.update(1)
+        jobs = [job] if job is not None else []
+        if i == n - 1:
+            jobs += [j for j in [session.prepare_flush()] if j is not None]
+        for j in jobs:
+            frames = j.run()
+            for frame, r in zip(frames, j.rendered):
+                stages["features"][k] = feat_ms / len(j.rendered)
+                stages["generator"][k] = r.render_ms
+                stages["jpeg"][k] = r.jpeg_ms
+                stages["total"][k] = stages["features"][k] + r.render_ms + r.jpeg_ms
+                status[k], bases[k] = r.status, r.base
+                if first is None:
+                    first = (time.perf_counter() - t_start) * 1e3
+                t2 = time.perf_counter()
+                out.append(frame.jpeg)
+                extra = on_frame(k, decode_jpeg(frame.jpeg), frame.bounds, r.base) if on_frame else 0.0
+                stages["paste"][k] = (time.perf_counter() - t2) * 1e3 - extra
+                k += 1
+                if progress is not None:
+                    progress.update(1)
     wall = time.perf_counter() - t_start
-    return Run(generator, "in-process", np.asarray(bases), status, out, stages, first or 0.0, wall,
-               peak_rss_mb(), dict(chain.served))
+    tiers = dict(renderer.chain.served)
+    store.close()
+    return Run(generator, "in-process", bases, status, out, stages, first or 0.0, wall, peak_rss_mb(), tiers)
 
 
 async def _server_stream(url: str, name: str, audio16k: np.ndarray, frames: int, progress) -> list:

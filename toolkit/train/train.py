@@ -51,11 +51,13 @@ from tqdm import tqdm
 
 from runtime.errors import InputError, LipsyncError, PackageError
 from runtime.neural.model import SIZES, LipSyncUNet, ModelConfig, prepare_inputs, save_weights
+from runtime.mouth import MOUTH_FILE
 from runtime.package import MANIFEST, Package, read_manifest, sha256_file, validate_manifest
 from runtime.package import NEURAL_WEIGHTS as WEIGHTS  # in the package, listed in manifest files
 from toolkit.writer import MEDIA_TYPES, write_bytes_atomic
 
 from .dataset import PackageDataset, collate, step_batches
+from .mouth import refit as refit_mouth
 
 CHECKPOINT_DIR = ".train"               # hidden: never part of the package
 CHECKPOINT = "checkpoint.safetensors"
@@ -218,6 +220,8 @@ def train(package_path: str | Path, config: TrainConfig = TrainConfig(), resume:
     package = Package.open(root)
     if config.size not in SIZES:
         raise InputError(f"size {config.size!r}: expected one of {', '.join(sorted(SIZES))}")
+    refit_mouth(root)                   # the mouth-shape model follows the package's current frames
+    package = Package.open(root)
     cfg, device = SIZES[config.size], torch.device(config.device)
     torch.set_num_threads(config.threads or len(os.sched_getaffinity(0)))
     torch.manual_seed(config.seed)
@@ -281,9 +285,24 @@ def train(package_path: str | Path, config: TrainConfig = TrainConfig(), resume:
 @click.option("--checkpoint-every", type=int, default=200, show_default=True, help="Steps between checkpoints.")
 @click.option("--workers", type=int, default=0, show_default=True, help="DataLoader worker processes.")
 @click.option("--resume", is_flag=True, help="Continue from PACKAGE/.train's checkpoint.")
+@click.option("--mouth-only", is_flag=True,
+              help="Only refit the mouth-shape model (seconds; upgrades a package built before format 1.1).")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
-def main(package, size, device, batch, lr, minutes, max_steps, seed, checkpoint_every, workers, resume, quiet):
-    """Train the neural generator on PACKAGE and store neural.safetensors in it."""
+def main(package, size, device, batch, lr, minutes, max_steps, seed, checkpoint_every, workers, resume, mouth_only,
+         quiet):
+    """Train the neural generator on PACKAGE and store neural.safetensors in it.
+
+    The package's mouth-shape model (mouth.safetensors) is refitted first.
+    """
+    if mouth_only:
+        try:
+            model = refit_mouth(package)
+        except LipsyncError as exc:
+            click.echo(f"error: {exc}", err=True)
+            sys.exit(exc.exit_code)
+        click.echo(f"{Path(package) / MOUTH_FILE}: fitted on {model.info['frames']} frames in "
+                   f"{model.info['seconds']:.2f} s, cross-validated opening r = {model.info['cv_opening_r']:.2f}")
+        return
     try:
         config = TrainConfig(size=size, device=device, batch=batch, lr=lr, minutes=minutes, max_steps=max_steps,
                              seed=seed, checkpoint_every=checkpoint_every, num_workers=workers)
