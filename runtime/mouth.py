@@ -358,13 +358,14 @@ def fit_arrays(landmarks: np.ndarray, mel: np.ndarray, fps: float, frames: np.nd
     # resting mouth: the most typical of the least open mouths
     low = np.flatnonzero(true_open <= np.quantile(true_open, REST_QUANTILE))
     median = np.median(lips[low], axis=0)
-    rest = int(frames[low[np.argmin(np.linalg.norm(lips[low] - median, axis=1))]])
+    pick = low[np.argmin(np.linalg.norm(lips[low] - median, axis=1))]
+    rest = int(frames[pick])
 
     info = {"alpha": ALPHAS[best], "cv_opening_r": round(scores[best], 4),
             "cv_scores": {f"{a:g}": round(s, 4) for a, s in zip(ALPHAS, scores)},
             "folds": FOLDS, "frames": int(len(frames)), "components": COMPONENTS,
             "explained_variance": round(float((coef.var(0)).sum() / max((lips - lip_mean).var(0).sum(), 1e-12)), 4),
-            "spread_ratio": round(spread, 4), "rest_opening": round(float(true_open[low].min()), 4),
+            "spread_ratio": round(spread, 4), "rest_opening": round(float(true_open[pick]), 4),
             "seconds": round(time.perf_counter() - t0, 3)}
     f32 = lambda a: np.ascontiguousarray(a, dtype=np.float32)
     model = MouthModel(f32(reference), f32(lip_mean), f32(components), f32(f_mean), f32(f_std),

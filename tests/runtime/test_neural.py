@@ -87,3 +87,10 @@ def test_server_serves_the_neural_tier(trained, speech):
         frames = asyncio.run(go(srv.ws))
         tiers = srv.json("/stats")["packages"]["face1"]["tiers"]
     assert len(frames) == 25 and tiers.get("neural", 0) > 0
+
+
+def test_silence_gives_a_closed_mouth(trained):
+    from tests.toolkit.test_evaluate import closed_after_speech
+
+    share, status = closed_after_speech(trained, "neural")
+    assert share <= 0.05 and (status == 1).all()

@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from runtime import mouth
 from runtime.package import Package
 from runtime.schema import iter_errors, load_schema
 from tests.conftest import AUDIO, ROOT, VIDEOS, ffmpeg
@@ -72,7 +73,13 @@ def test_eval_with_eng_wav(anchor, tmp_path):
     q = report["quality"]
     assert len(q["mouth_opening"]["per_frame"]) == report["frames"]
     assert 0.01 < q["mouth_opening"]["mean"] < 0.2
-    assert -600 <= q["av_offset"]["offset_ms"] <= 600 and 0 <= q["open_in_silence"] <= 1
+    assert 0 <= q["open_in_silence"] <= 1
+    sync = q["sync_offset"]
+    assert sync["determined"] and abs(sync["offset_ms"]) <= 80, sync       # retrieval follows the audio
+    assert sync["ci95"][0] <= sync["offset_ms"] <= sync["ci95"][1]
+    art = q["articulation"]
+    assert "training frames" in art["reference"] and 0.5 < art["std_ratio"]["value"] < 2
+    assert q["silence"]["digital"] <= 0.05 and q["silence"]["room_noise"] <= 0.05
     assert "skipped" in q["syncnet"]
     s = streams(folder / "output.mp4")
     assert set(s) == {"video", "audio"}
@@ -94,24 +101,43 @@ def test_holdout_side_by_side(anchor, tmp_path):
     for name in ("static", "retrieval"):
         q = gens[name]["quality"]
         assert q["lmd_px"] > 0 and 0 < q["ssim_face"] < 1 and q["psnr_mouth_db"] > 10
+    for name in ("static", "retrieval"):
+        q = gens[name]["quality"]
+        lo, hi = q["opening_correlation_ci95"]
+        assert lo <= q["opening_correlation"] <= hi and q["lmd_px_ci95"][0] <= q["lmd_px"] <= q["lmd_px_ci95"][1]
+        assert q["silence"]["digital"] <= 0.05 and q["silence"]["room_noise"] <= 0.05
+        assert not q["sync_offset"]["determined"]          # 3 s of frames: too short, and the report says so
+        assert "s of frames" in q["sync_offset"]["undetermined_because"]
+    assert gens["static"]["quality"]["articulation"]["std_ratio"]["value"] < 0.5     # the still mouth
+    metrics = {(c["a"], c["b"], c["metric"]) for c in report["comparisons"]}
+    assert metrics == {("static", "retrieval", "opening_correlation"), ("static", "retrieval", "lmd_px")}
     assert (result.path / "output.mp4").is_file() and (result.path / "output-retrieval.mp4").is_file()
     assert max(gens["retrieval"]["tiers"]) == "retrieval"
 
 
-def test_offset_estimator_recovers_a_known_shift(anchor):
-    pkg = Package.open(anchor)
+@pytest.fixture(scope="module")
+def cnn_real(built):
+    """cnn_71s's 32 s held-out tail: the mouth opening measured on the real frames, and the audio."""
+    pkg = Package.open(built("cnn_71s").path)
     meter = quality.MouthMeter(create_backend("dlib"), pkg)
     hold = pkg.holdout_range
-    real = np.stack([meter.measure(np.asarray(pkg.crops[k]), k) for k in hold])
-    opening = quality.mouth_opening(real)
-    with wave.open(str(anchor / "audio.wav")) as w:
+    opening = quality.mouth_opening(np.stack([meter.measure(np.asarray(pkg.crops[k]), k) for k in hold]))
+    with wave.open(str(pkg.root / "audio.wav")) as w:
         audio = np.frombuffer(w.readframes(w.getnframes()), np.int16).astype(np.float32) / 32768
-    segment = audio[hold.start * 640:hold.stop * 640]
-    shifted = audio[hold.start * 640 - 1920:hold.stop * 640 - 1920]      # the audio 120 ms late
-    base = quality.av_offset(quality.audio_envelope(segment, len(hold)), opening)
-    late = quality.av_offset(quality.audio_envelope(shifted, len(hold)), opening)
-    assert abs((late["offset_ms"] - base["offset_ms"]) - 120) <= 40, (base["offset_ms"], late["offset_ms"])
-    assert late["offset_ms"] > base["offset_ms"]
+    return pkg, opening, audio
+
+
+@pytest.mark.parametrize("delay_ms", [0, 80, 160, -80])
+def test_offset_estimator_recovers_known_shifts_on_real_footage(cnn_real, delay_ms):
+    """Real frames in sync score 0 +- 40 ms; delaying the audio moves the estimate by the delay +- 40 ms."""
+    pkg, opening, audio = cnn_real
+    hold = pkg.holdout_range
+    d = delay_ms * 16                                   # samples at 16 kHz
+    segment = audio[hold.start * 640 - d:hold.stop * 640 - d]
+    sync = quality.sync_offset(quality.predicted_opening(mouth.for_package(pkg), segment, len(hold)), opening)
+    assert sync["determined"], sync["undetermined_because"]
+    assert abs(sync["offset_ms"] - delay_ms) <= 40, sync["offset_ms"]
+    assert sync["ci95"][0] <= sync["offset_ms"] <= sync["ci95"][1]
 
 
 def test_quality_measures_on_known_inputs():
@@ -120,7 +146,8 @@ def test_quality_measures_on_known_inputs():
     noisy = np.clip(img.astype(int) + 10, 0, 255).astype(np.uint8)
     assert 20 < quality.psnr(img, noisy) < 40
     t = np.sin(np.arange(200) / 3.0)
-    assert quality.av_offset(t, np.roll(t, 2))["offset_frames"] == -2          # mouth 2 frames after the audio
+    sync = quality.sync_offset(t, np.roll(t, 2) + 0.05 * np.cos(np.arange(200) * 1.7))
+    assert sync["offset_ms"] == pytest.approx(-80, abs=5)                      # mouth 2 frames after the audio
     assert quality.pearson(t, t) == pytest.approx(1.0) and quality.pearson(t, np.ones(200)) == 0.0
     assert quality.open_in_silence(np.zeros(4), np.array([0.1, 0.0, 0.0, 0.0])) == 0.25
     assert quality.open_in_silence(np.ones(4), np.zeros(4)) is None
@@ -210,3 +237,27 @@ def test_reference_video_with_its_own_audio(anchor, tmp_path):
     assert report["generators"]["real"]["quality"]["opening_correlation"] == 1.0
     for name in ("static", "retrieval"):
         assert report["generators"][name]["quality"]["lmd_px"] > 0
+
+
+def closed_after_speech(package_root, generator: str) -> tuple[float, np.ndarray]:
+    """Drive a real session with 2 s of speech, then digital silence and room noise; the share of open
+    mouths (measured on the served JPEGs) once the resting mouth has eased in, and the frames' statuses."""
+    from toolkit.evaluate import harness
+    from toolkit.evaluate.evaluate import silence_audio
+
+    with wave.open(str(AUDIO["eng"])) as w:
+        speech = np.frombuffer(w.readframes(w.getnframes()), np.int16).astype(np.float32) / 32768
+    audio = np.concatenate([speech[16_000 * 5:16_000 * 7], silence_audio()])
+    pkg = Package.open(package_root)
+    run = harness.run_inprocess(pkg, audio, generator)
+    meter = quality.MouthMeter(create_backend("dlib"), pkg)
+    quiet = np.arange(50 + 3, len(run.crops))             # after 2 s of speech and 3 frames of easing
+    opening = quality.mouth_opening(np.stack([meter.measure(run.crops[k], int(run.bases[k])) for k in quiet]))
+    assert (opening[:5] < 1).all()
+    return float(np.mean(opening > quality.OPEN_THRESHOLD)), run.status[quiet]
+
+
+@pytest.mark.parametrize("generator", ["static", "retrieval"])
+def test_silence_gives_a_closed_mouth(anchor, generator):
+    share, status = closed_after_speech(anchor, generator)
+    assert share <= 0.05 and (status == 1).all()          # 1: IDLE, the resting mouth without a generator call

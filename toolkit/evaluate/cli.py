@@ -45,6 +45,7 @@ def _sigterm(signum, frame):
 def main(package, audio, holdout, reference, generator, server, syncnet_weights, out, quiet):
     """Evaluate PACKAGE: per-stage latency, quality measures, an output video and an HTML report."""
     from .evaluate import EvalConfig, evaluate
+    from .report import format_ci, format_offset
 
     signal.signal(signal.SIGTERM, _sigterm)
     try:
@@ -74,10 +75,17 @@ def main(package, audio, holdout, reference, generator, server, syncnet_weights,
         q = g["quality"]
         lat = g.get("latency_ms") or {}
         line = (f"{name:<10} frames {g['frames']}  server p50/p95 {lat.get('p50', '-')}/{lat.get('p95', '-')} ms"
-                f"  offset {q['av_offset']['offset_ms']:+.0f} ms  flicker {q['flicker']}")
+                f"  sync {format_offset(q['sync_offset'])}")
         if "lmd_px" in q:
-            line += f"  LMD {q['lmd_px']} px  opening corr {q['opening_correlation']}"
+            line += (f"  opening corr {format_ci(q['opening_correlation'], q['opening_correlation_ci95'])}"
+                     f"  LMD {format_ci(q['lmd_px'], q['lmd_px_ci95'])} px")
+        if "articulation" in q:
+            line += f"  articulation {q['articulation']['std_ratio']['value']}"
+        if "silence" in q:
+            line += f"  open in silence {q['silence']['digital']}/{q['silence']['room_noise']}"
         click.echo(line)
+    for c in r.get("comparisons", []):
+        click.echo(f"{c['metric']:<20} {c['a']} - {c['b']}: {format_ci(c['difference'], c['ci95'])}  {c['verdict']}")
     click.echo(f"time       {result.seconds:.1f}s")
 
 

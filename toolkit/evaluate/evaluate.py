@@ -34,16 +34,20 @@ from tqdm import tqdm
 
 from runtime.errors import InputError, LipsyncError, PackageError
 from runtime.generators import GENERATORS, has_weights
+from runtime.mouth import for_package as mouth_model
 from runtime.package import Package
+from runtime.stream import IDLE_RMS
 from runtime.store import base_frame
 
 from .. import video
 from ..audio import wav_bytes
 from ..faces import create as create_backend
-from . import harness, quality
+from . import harness, quality, stats
 from .report import write_report
 
 SAMPLE_RATE = 16_000
+SILENCE_S = 2.0                # seconds of digital silence, then of room noise, per generator
+ROOM_NOISE_DBFS = -50.0        # a quiet room through a desk microphone
 
 
 @dataclass(frozen=True)
@@ -156,20 +160,50 @@ def _measure(run: harness.Run, meter: quality.MouthMeter, bases: np.ndarray, des
     return out
 
 
-def _quality(run, lm, real_lm, real_crops, audio, pkg, region, syncnet, env, rms) -> dict:
+@dataclass
+class Yardstick:
+    """What every generator is measured against: shared by all rows of one report."""
+
+    pkg: Package
+    audio: np.ndarray                  # 16 kHz samples of the driving audio
+    rms: np.ndarray                    # per frame
+    predicted: np.ndarray              # opening the mouth-shape model expects from the audio, per frame
+    region: tuple
+    idx: np.ndarray                    # block-bootstrap resamples of the frames (stats.block_indices)
+    real_lm: np.ndarray | None = None  # landmarks of the real frames (held-out or reference)
+    real_crops: np.ndarray | None = None
+    speaking_opening: np.ndarray | None = None   # without real frames: training frames' opening, for articulation
+    syncnet: object = None
+
+
+def _quality(run, lm, ys: Yardstick) -> tuple[dict, dict]:
+    """A generator's quality entry, and its bootstrap samples for the paired comparisons."""
     opening = quality.mouth_opening(lm)
+    n = len(opening)
+    idx = ys.idx if ys.idx.shape[1] == n else stats.block_indices(n, ys.pkg.fps)
     q = {"mouth_opening": {"mean": round(float(opening.mean()), 4), "std": round(float(opening.std()), 4),
                            "per_frame": [round(float(v), 4) for v in opening]},
-         "av_offset": quality.av_offset(env, opening, pkg.fps),
-         "open_in_silence": quality.open_in_silence(rms, opening),
-         "flicker": round(quality.flicker(run.crops, region), 3)}
-    if real_lm is not None:
-        real_open = quality.mouth_opening(real_lm)
-        x0, y0, x1, y1 = region
+         "sync_offset": quality.sync_offset(ys.predicted[:n], opening, ys.pkg.fps),
+         "open_in_silence": quality.open_in_silence(ys.rms[:n], opening),
+         "flicker": round(quality.flicker(run.crops, ys.region), 3)}
+    boot: dict = {}
+    if ys.real_lm is not None:
+        real_open = quality.mouth_opening(ys.real_lm)
+        corr, corr_s = stats.correlation(opening, real_open, idx)
+        lmd, lmd_s = stats.mean(quality.lmd_per_frame(lm, ys.real_lm), idx)
+        std_r, std_s = stats.spread_ratio(opening, real_open, idx)
+        p90_r, p90_s = stats.spread_ratio(opening, real_open, idx, stats.p90_spread)
+        boot = {"opening_correlation": (corr, corr_s), "lmd_px": (lmd, lmd_s)}
+        x0, y0, x1, y1 = ys.region
         cap = lambda v: min(v, 100.0)            # identical images: PSNR is infinite; report 100 dB
+        real_crops = ys.real_crops# 
         q.update({
-            "lmd_px": round(quality.lmd_aligned(lm, real_lm), 3),
-            "opening_correlation": round(quality.pearson(opening, real_open), 4),
+            "lmd_px": round(lmd, 3),
+            "lmd_px_ci95": stats.summary(lmd, lmd_s, 3)["ci95"],
+            "opening_correlation": round(corr, 4),
+            "opening_correlation_ci95": stats.summary(corr, corr_s)["ci95"],
+            "articulation": {"reference": "the real frames", "std_ratio": stats.summary(std_r, std_s),
+                             "p90_spread_ratio": stats.summary(p90_r, p90_s)},
             "psnr_mouth_db": round(float(np.mean([cap(quality.psnr(g[y0:y1, x0:x1], r[y0:y1, x0:x1]))
                                                   for g, r in zip(run.crops, real_crops)])), 3),
             "ssim_mouth": round(float(np.mean([quality.ssim(g[y0:y1, x0:x1], r[y0:y1, x0:x1])
@@ -177,16 +211,74 @@ def _quality(run, lm, real_lm, real_crops, audio, pkg, region, syncnet, env, rms
             "psnr_face_db": round(float(np.mean([cap(quality.psnr(g, r)) for g, r in zip(run.crops, real_crops)])), 3),
             "ssim_face": round(float(np.mean([quality.ssim(g, r) for g, r in zip(run.crops, real_crops)])), 4),
         })
-    if syncnet is not None:
+    elif ys.speaking_opening is not None:
+        speaking = ys.rms[:n] >= IDLE_RMS
+        if speaking.sum() >= 10:
+            sub = opening[speaking]
+            sub_idx = stats.block_indices(len(sub), ys.pkg.fps)
+            std_r, std_s = stats.spread_ratio(sub, ys.speaking_opening, sub_idx)
+            p90_r, p90_s = stats.spread_ratio(sub, ys.speaking_opening, sub_idx, stats.p90_spread)
+            q["articulation"] = {"reference": "the package's training frames while the speaker talks",
+                                 "std_ratio": stats.summary(std_r, std_s),
+                                 "p90_spread_ratio": stats.summary(p90_r, p90_s)}
+    if ys.syncnet is not None:
         from .syncnet import lse
         try:
-            q["syncnet"] = {k: v for k, v in lse(syncnet, np.asarray(run.crops), audio, fps=pkg.fps).items()
+            q["syncnet"] = {k: v for k, v in lse(ys.syncnet, np.asarray(run.crops), ys.audio, fps=ys.pkg.fps).items()
                             if k != "dists"}
         except InputError as exc:
             q["syncnet"] = {"skipped": str(exc)}
     else:
         q["syncnet"] = {"skipped": "no --syncnet-weights given (syncnet_v2.model from syncnet_python)"}
-    return q
+    return q, boot
+
+
+def _comparisons(boots: dict) -> list[dict]:
+    """Each pair of generators on the same resamples: can their opening correlation and LMD be told apart?"""
+    out = []
+    names = [n for n in boots if n != "real" and boots[n]]
+    for i, a in enumerate(names):
+        for b in names[i + 1:]:
+            for metric in ("opening_correlation", "lmd_px"):
+                (va, sa), (vb, sb) = boots[a][metric], boots[b][metric]
+                out.append(stats.compare(a, b, metric, sa, sb, va, vb))
+    return out
+
+
+def silence_audio(seconds: float = SILENCE_S, noise_dbfs: float = ROOM_NOISE_DBFS, seed: int = 0) -> np.ndarray:
+    """``seconds`` of digital silence, then ``seconds`` of room noise (pink-ish, ``noise_dbfs`` RMS)."""
+    n = int(seconds * SAMPLE_RATE)
+    white = np.random.default_rng(seed).standard_normal(n + 64)
+    noise = np.convolve(white, np.full(64, 1 / 64), mode="valid")[:n]        # rumble, like a quiet room
+    noise *= 10 ** (noise_dbfs / 20) / np.sqrt(np.mean(noise ** 2))
+    return np.concatenate([np.zeros(n), noise]).astype(np.float32)
+
+
+def _silence(pkg: Package, name: str, meter, progress: bool) -> dict:
+    """Share of open mouths when ``name`` is driven by digital silence, then by quiet room noise."""
+    clip = silence_audio()
+    run = harness.run_inprocess(pkg, clip, name)
+    lm = _measure(run, meter, run.bases, f"silence {name}", progress)
+    opening = quality.mouth_opening(lm)
+    half = len(opening) // 2
+    share = lambda x: round(float(np.mean(x > quality.OPEN_THRESHOLD)), 4)
+    return {"digital": share(opening[:half]), "room_noise": share(opening[half:]), "frames": int(len(opening)),
+            "seconds": SILENCE_S, "room_noise_dbfs": ROOM_NOISE_DBFS, "threshold": quality.OPEN_THRESHOLD}
+
+
+def _speaking_opening(pkg: Package, meter, progress: bool, limit: int = 300) -> np.ndarray | None:
+    """Mouth opening measured (as generated frames are) on training frames where the speaker talks."""
+    frames = pkg.usable_train_frames
+    wav = video.read_audio(pkg.root / "audio.wav", SAMPLE_RATE)
+    spf = SAMPLE_RATE // int(round(pkg.fps))
+    rms = quality.frame_rms(wav, pkg.frames, spf)
+    frames = frames[rms[frames] >= IDLE_RMS]
+    if len(frames) < 10:
+        return None
+    frames = frames[np.linspace(0, len(frames) - 1, min(limit, len(frames))).astype(int)]
+    out = [quality.mouth_opening(meter.measure(np.asarray(pkg.crops[k]), int(k))[None])[0]
+           for k in tqdm(frames, desc="landmarks training", unit="frame", disable=not progress, leave=False)]
+    return np.asarray(out)
 
 
 def evaluate(package: str | Path, audio: str | Path | None = None, config: EvalConfig = EvalConfig()) -> Evaluation:
@@ -241,26 +333,32 @@ def evaluate(package: str | Path, audio: str | Path | None = None, config: EvalC
         meter = quality.MouthMeter(backend, pkg)
         env = quality.audio_envelope(samples, frames, pkg.fps)
         rms = quality.frame_rms(samples, frames, spf)
-        region = tuple(int(round(v)) for v in pkg.manifest["crop"]["mouth_region"])
-        real_crops = real_lm = None
+        y = Yardstick(pkg, samples, rms, quality.predicted_opening(mouth_model(pkg), samples, frames, pkg.fps),
+                      tuple(int(round(v)) for v in pkg.manifest["crop"]["mouth_region"]),
+                      stats.block_indices(frames, pkg.fps), syncnet=syncnet)
         if hold is not None or ref is not None:
             source = ref if ref is not None else pkg
             real_idx = hold if hold is not None else np.arange(min(frames, ref.frames))
-            real_crops = np.asarray(source.crops[real_idx[0]:real_idx[-1] + 1])
-            real_run = harness.Run("real", "reference", real_idx, np.zeros(len(real_idx), np.uint8), real_crops,
+            y.real_crops = np.asarray(source.crops[real_idx[0]:real_idx[-1] + 1])
+            real_run = harness.Run("real", "reference", real_idx, np.zeros(len(real_idx), np.uint8), y.real_crops,
                                    {}, 0.0, 0.0, 0.0)
             real_meter = quality.MouthMeter(backend, source)
-            real_lm = _measure(real_run, real_meter, real_idx, "landmarks real", config.progress)
-        results = {}
+            y.real_lm = _measure(real_run, real_meter, real_idx, "landmarks real", config.progress)
+        else:
+            y.speaking_opening = _speaking_opening(pkg, meter, config.progress)
+        results, boots = {}, {}
         for run in runs:
             lm = _measure(run, meter, run.bases, f"landmarks {run.generator}", config.progress)
-            results[run.generator] = (run, _quality(run, lm, real_lm, real_crops, samples, pkg, region, syncnet,
-                                                    env, rms))
-        if real_lm is not None:
-            results["real"] = (real_run, _quality(real_run, real_lm, real_lm, real_crops, samples, pkg, region,
-                                                  syncnet, env, rms))
+            q, boots[run.generator] = _quality(run, lm, y)
+            if not config.server:
+                q["silence"] = _silence(pkg, run.generator, meter, config.progress)
+            results[run.generator] = (run, q)
+        if y.real_lm is not None:
+            q, boots["real"] = _quality(real_run, y.real_lm, y)
+            results["real"] = (real_run, q)
         shutil.rmtree(scratch)
-        report = write_report(work, pkg, audio_desc, samples, config, results, env, rms, time.perf_counter() - t_start)
+        report = write_report(work, pkg, audio_desc, samples, config, results, env, rms, time.perf_counter() - t_start,
+                              _comparisons(boots))
         work.rename(final)
     except BaseException:
         shutil.rmtree(work, ignore_errors=True)

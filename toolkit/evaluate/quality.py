@@ -8,12 +8,16 @@ landmarks are 68 iBUG points in crop pixels; one value per video frame.
   depend on the face's size. Typical speech: 0.02 (closed) to 0.10 (open).
 - **LMD**: mean Euclidean distance between generated and real mouth points
   (48-67), in crop pixels, after aligning each pair's mouth centroids.
-- **Audio-visual offset**: the audio envelope (mean log-mel of bands 5-44,
-  about 150-2300 Hz, over the frame's rows) is cross-correlated with the mouth
-  opening over +-15 frames (both z-scored); the best lag is the offset.
-  Positive: the audio comes after the mouth. Real speech scores about +40 to
-  +80 ms with this estimator (lips move before the sound), so compare offsets
-  between generators rather than against 0.
+- **Sync offset**: the package's mouth-shape model (:mod:`runtime.mouth`)
+  predicts each frame's mouth opening from the audio; the measured opening is
+  cross-correlated with that prediction over +-6 frames, and the peak (refined
+  to a fraction of a frame) is the offset, with a block-bootstrap interval.
+  Positive: the audio comes after the mouth. The model was fitted on real
+  frames with the audio under them, so real footage in sync scores 0 (checked
+  on the shared clips: see :func:`sync_offset`). The envelope of the audio
+  against the opening (the estimator this replaced) scored real, in-sync
+  frames at +80 to +400 ms: loudness peaks on vowels, after the mouth opens,
+  and varies with the phonemes, so its lag is not the offset.
 - **Open in silence**: the share of silent frames (RMS below the server's idle
   threshold) whose mouth opening exceeds OPEN_THRESHOLD.
 - **Flicker**: mean absolute change of the mouth region's grey level between
@@ -26,10 +30,15 @@ import cv2
 import numpy as np
 
 from runtime import features as F
-from runtime.stream import IDLE_RMS
+from runtime.stream import IDLE_RMS, window_features
+
+from . import stats
 
 OPEN_THRESHOLD = 0.04          # mouth opening above this counts as open (closed lips measure 0.01-0.03)
-MAX_LAG = 15                   # frames each way for the offset search
+SYNC_MAX_LAG = 6               # frames each way for the offset search (+-240 ms)
+MIN_SYNC_PEAK = 0.15           # a peak correlation below this says nothing about the offset
+MAX_SYNC_CI_MS = 120.0         # an offset whose 95 % interval is wider than this is reported as undetermined
+MIN_SYNC_S = 4.0               # seconds of frames the offset needs (several bootstrap blocks)
 ENVELOPE_BANDS = slice(5, 45)  # mel bands of the audio envelope (~150-2300 Hz: voiced speech)
 INNER_PAIRS = ((61, 67), (62, 66), (63, 65))
 MOUTH = slice(48, 68)
@@ -58,15 +67,20 @@ def lmd(generated: np.ndarray, real: np.ndarray) -> float:
     return float(np.linalg.norm(g - r, axis=2).mean())
 
 
-def lmd_aligned(generated: np.ndarray, real: np.ndarray) -> float:
-    """LMD after moving each generated mouth's centroid onto the real one's.
+def lmd_per_frame(generated: np.ndarray, real: np.ndarray) -> np.ndarray:
+    """Per-frame LMD after moving each generated mouth's centroid onto the real one's: (T,) crop pixels.
 
     The generated frames sit on other base frames than the real ones (the head
     is elsewhere by a few pixels), so the mouth's shape is compared, not its place.
     """
     g, r = np.asarray(generated, np.float64)[:, MOUTH], np.asarray(real, np.float64)[:, MOUTH]
     g = g - g.mean(axis=1, keepdims=True) + r.mean(axis=1, keepdims=True)
-    return float(np.linalg.norm(g - r, axis=2).mean())
+    return np.linalg.norm(g - r, axis=2).mean(axis=1)
+
+
+def lmd_aligned(generated: np.ndarray, real: np.ndarray) -> float:
+    """Mean of :func:`lmd_per_frame`."""
+    return float(lmd_per_frame(generated, real).mean())
 
 
 def pearson(a: np.ndarray, b: np.ndarray) -> float:
@@ -125,27 +139,77 @@ def audio_envelope(audio16k: np.ndarray, frames: int, fps: float = 25.0) -> np.n
     return out
 
 
-def av_offset(envelope: np.ndarray, opening: np.ndarray, fps: float = 25.0, max_lag: int = MAX_LAG) -> dict:
-    """Best lag between the audio envelope and the mouth opening.
+def predicted_opening(model, audio16k: np.ndarray, frames: int, fps: float = 25.0) -> np.ndarray:
+    """Mouth opening the package's mouth-shape model expects from the audio, per video frame.
+
+    The same mel windows the server hands the generators (:func:`runtime.stream.window_features`).
+    """
+    mel = F.log_mel(np.asarray(audio16k, np.float32))
+    windows = window_features(mel, np.arange(frames), fps)
+    return model.opening(model.predict(windows, restore=False))
+
+
+def sync_offset(predicted: np.ndarray, opening: np.ndarray, fps: float = 25.0, max_lag: int = SYNC_MAX_LAG,
+                resamples: int = stats.RESAMPLES) -> dict:
+    """Audio-visual offset: the lag that best lines the mouth up with what the audio predicts.
+
+    ``predicted`` is :func:`predicted_opening` of the audio, ``opening`` the mouth
+    opening measured on the frames. For each lag L in -max_lag ... max_lag frames
+    the Pearson correlation of ``predicted[k]`` with ``opening[k + L]`` is taken over
+    the same k for every lag; the peak is refined by a parabola through it and its
+    neighbours. Positive offset: the audio comes after the mouth. The 95 % interval
+    is the block bootstrap's (:mod:`toolkit.evaluate.stats`) over the same pairs.
 
     Returns
     -------
     dict
-        ``offset_frames`` and ``offset_ms`` (positive: audio after mouth),
-        ``correlation`` at that lag (z-scored signals), ``curve`` [(lag_ms, corr)].
+        ``offset_ms``, ``ci95`` [lo, hi] ms, ``correlation`` at the peak, ``determined``
+        (peak correlation >= MIN_SYNC_PEAK, peak inside the lag range and interval no
+        wider than MAX_SYNC_CI_MS; otherwise the offset says nothing), ``curve`` [(offset_ms, corr)].
     """
-    e, o = np.asarray(envelope, np.float64), np.asarray(opening, np.float64)
-    n = min(len(e), len(o))
-    e, o = e[:n], o[:n]
-    curve = []
-    for lag in range(-max_lag, max_lag + 1):          # pair e[k] with o[k + lag]
-        a = e[max(0, -lag):n - max(0, lag)]
-        b = o[max(0, lag):n - max(0, -lag)]
-        curve.append((lag, pearson(a, b) if len(a) > 2 else 0.0))
-    best_lag, best = max(curve, key=lambda t: t[1])
+    p, o = np.asarray(predicted, np.float64), np.asarray(opening, np.float64)
+    n = min(len(p), len(o))
+    p, o = p[:n], o[:n]
     ms = 1000.0 / fps
-    return {"offset_frames": -best_lag, "offset_ms": round(-best_lag * ms, 1), "correlation": round(best, 4),
-            "curve": [(round(-lag * ms, 1), round(c, 4)) for lag, c in curve]}
+    if n < 2 * max_lag + 10:
+        return {"offset_ms": None, "ci95": [None, None], "correlation": None, "determined": False,
+                "undetermined_because": f"only {n} frames", "curve": []}
+    lags = np.arange(-max_lag, max_lag + 1)
+    k = np.arange(max_lag, n - max_lag)
+    a = p[k]                                       # (m,)
+    b = o[k[None, :] + lags[:, None]]              # (lags, m)
+    curve = stats.rowwise_pearson(a[None, :], b)
+    lag = _peak(curve[None, :], lags)[0]
+    idx = stats.block_indices(len(k), fps, resamples)
+    boot = stats.rowwise_pearson(a[idx][:, None, :], b[:, idx].transpose(1, 0, 2))    # (R, lags)
+    boot_lag = _peak(boot, lags)
+    lo, hi = stats.interval(-boot_lag * ms)
+    best = float(curve.max())
+    if len(k) < MIN_SYNC_S * fps:
+        reason = f"only {len(k) / fps:.1f} s of frames; the offset needs {MIN_SYNC_S:g} s"
+    elif best < MIN_SYNC_PEAK:
+        reason = f"the mouth does not follow the audio (peak correlation {best:.2f} < {MIN_SYNC_PEAK})"
+    elif abs(lag) >= max_lag:
+        reason = f"the peak is at the edge of the +-{max_lag * ms:.0f} ms search"
+    elif hi - lo > MAX_SYNC_CI_MS:
+        reason = f"the 95 % interval is {hi - lo:.0f} ms wide (> {MAX_SYNC_CI_MS:.0f} ms)"
+    else:
+        reason = ""
+    return {"offset_ms": round(float(-lag * ms), 1), "ci95": [round(lo, 1), round(hi, 1)],
+            "correlation": round(best, 4), "determined": not reason, "undetermined_because": reason or None,
+            "curve": [(round(float(-L * ms), 1), round(float(c), 4)) for L, c in zip(lags, curve)]}
+
+
+def _peak(curves: np.ndarray, lags: np.ndarray) -> np.ndarray:
+    """Fractional lag of each row's maximum, refined by a parabola through the peak and its neighbours."""
+    i = np.argmax(curves, axis=1)
+    inner = (i > 0) & (i < len(lags) - 1)
+    j = np.clip(i, 1, len(lags) - 2)
+    rows = np.arange(len(curves))
+    left, mid, right = curves[rows, j - 1], curves[rows, j], curves[rows, j + 1]
+    den = left - 2 * mid + right
+    delta = np.where(inner & (den < -1e-12), 0.5 * (left - right) / np.where(den < -1e-12, den, -1.0), 0.0)
+    return lags[i] + np.clip(delta, -0.5, 0.5)
 
 
 def open_in_silence(rms: np.ndarray, opening: np.ndarray, threshold: float = OPEN_THRESHOLD) -> float | None:

@@ -23,7 +23,7 @@ from runtime.stream import IDLE_RMS, LOOKAHEAD_MS
 from .. import __version__
 
 FORMAT = "lipsync-eval-report"
-FORMAT_VERSION = "1.0"
+FORMAT_VERSION = "2.0"     # 2.0: sync_offset replaced av_offset; intervals, articulation, silence, comparisons
 SCHEMA_PATH = Path(__file__).with_name("report.schema.json")
 PCTS = (50, 95, 99)
 
@@ -74,7 +74,7 @@ def _generator_entry(run, q, seconds_audio: float) -> dict:
 
 
 def write_report(folder: Path, pkg, audio_desc: str, samples: np.ndarray, config, results: dict,
-                 envelope: np.ndarray, rms: np.ndarray, seconds: float) -> dict:
+                 envelope: np.ndarray, rms: np.ndarray, seconds: float, comparisons: list | None = None) -> dict:
     """Write report.json, plots and report.html into ``folder``; returns the report."""
     fps = pkg.fps
     audio_s = len(samples) / 16_000
@@ -97,6 +97,7 @@ def write_report(folder: Path, pkg, audio_desc: str, samples: np.ndarray, config
         "realtime_factor": first.get("realtime_factor"),
         "quality": first["quality"],
         "generators": gens,
+        "comparisons": comparisons or [],
         "machine": machine(),
         "seconds": round(seconds, 2),
         "files": {"html": "report.html", "video": "output.mp4", "plots": []},
@@ -143,12 +144,38 @@ def _plots(folder: Path, results: dict, envelope, rms, fps) -> list[str]:
     ax2 = ax1.twinx()
     for name, (_, q) in results.items():
         ax2.plot(t[:len(q["mouth_opening"]["per_frame"])], q["mouth_opening"]["per_frame"], lw=1,
-                 label=f"{name} (offset {q['av_offset']['offset_ms']:+.0f} ms)")
+                 label=f"{name} (offset {format_offset(q['sync_offset'])})")
     ax2.set_ylabel("mouth opening")
     ax2.legend(loc="upper right", fontsize=8)
     ax1.set_title("mouth opening against the audio envelope")
     out.append(_save(fig, folder / "mouth_vs_audio.png"))
+    fig, ax = plt.subplots(figsize=(7, 3.4))
+    for name, (_, q) in results.items():
+        curve = q["sync_offset"]["curve"]
+        if curve:
+            ax.plot([c[0] for c in curve], [c[1] for c in curve], marker="o", ms=3, lw=1,
+                    label=f"{name}: {format_offset(q['sync_offset'])}")
+    ax.axvline(0, color="0.6", lw=0.8)
+    out.append(_finish(fig, ax, "offset (ms; positive: audio after the mouth)",
+                       "correlation with the predicted mouth", "sync: measured mouth against the mouth the audio predicts",
+                       folder / "sync_curve.png"))
     return out
+
+
+def format_offset(s: dict) -> str:
+    """'+12 ms [-3, +30]' or 'undetermined'."""
+    if not s.get("determined"):
+        return "undetermined"
+    lo, hi = s["ci95"]
+    return f"{s['offset_ms']:+.0f} ms [{lo:+.0f}, {hi:+.0f}]"
+
+
+def format_ci(value, ci) -> str:
+    if value is None:
+        return "-"
+    if not ci or ci[0] is None:
+        return _fmt(value)
+    return f"{_fmt(value)} [{_fmt(ci[0])}, {_fmt(ci[1])}]"
 
 
 def _finish(fig, ax, xlabel: str, ylabel: str, title: str, path: Path) -> str:
@@ -191,6 +218,11 @@ def _fmt(v) -> str:
     return html.escape(str(v))
 
 
+def _art(g: dict, key: str) -> tuple:
+    a = g["quality"].get("articulation")
+    return (a[key]["value"], a[key]["ci95"]) if a else (None, None)
+
+
 def _html(r: dict) -> str:
     rows = [("frames", lambda g: g["frames"]),
             ("server p50 / p95 ms", lambda g: f"{_fmt(g['latency_ms']['p50'])} / {_fmt(g['latency_ms']['p95'])}"
@@ -200,12 +232,17 @@ def _html(r: dict) -> str:
             ("frames/s", lambda g: _fmt(g.get("fps"))),
             ("real-time factor", lambda g: _fmt(g.get("realtime_factor"))),
             ("mouth opening mean", lambda g: _fmt(g["quality"]["mouth_opening"]["mean"])),
-            ("A/V offset ms (corr)", lambda g: f"{g['quality']['av_offset']['offset_ms']:+.0f} "
-             f"({g['quality']['av_offset']['correlation']:.2f})"),
-            ("open in silence", lambda g: _fmt(g["quality"]["open_in_silence"])),
+            ("sync offset [95 % CI]", lambda g: format_offset(g["quality"]["sync_offset"])),
+            ("opening correlation [95 % CI]", lambda g: format_ci(g["quality"].get("opening_correlation"),
+                                                            g["quality"].get("opening_correlation_ci95"))),
+            ("mouth LMD px [95 % CI]", lambda g: format_ci(g["quality"].get("lmd_px"), g["quality"].get("lmd_px_ci95"))),
+            ("articulation: std ratio", lambda g: format_ci(*_art(g, "std_ratio"))),
+            ("articulation: p90-p10 ratio", lambda g: format_ci(*_art(g, "p90_spread_ratio"))),
+            ("open in silent stretches", lambda g: _fmt(g["quality"]["open_in_silence"])),
+            ("open in digital silence / room noise", lambda g: (
+                f"{_fmt(g['quality']['silence']['digital'])} / {_fmt(g['quality']['silence']['room_noise'])}"
+                if "silence" in g["quality"] else "-")),
             ("mouth flicker", lambda g: _fmt(g["quality"]["flicker"])),
-            ("LMD px", lambda g: _fmt(g["quality"].get("lmd_px"))),
-            ("opening correlation", lambda g: _fmt(g["quality"].get("opening_correlation"))),
             ("PSNR mouth / face dB", lambda g: f"{_fmt(g['quality'].get('psnr_mouth_db'))} / "
              f"{_fmt(g['quality'].get('psnr_face_db'))}"),
             ("SSIM mouth / face", lambda g: f"{_fmt(g['quality'].get('ssim_mouth'))} / "
@@ -213,6 +250,14 @@ def _html(r: dict) -> str:
             ("LSE-D / LSE-C", lambda g: (f"{_fmt(g['quality']['syncnet'].get('lse_d'))} / "
                                          f"{_fmt(g['quality']['syncnet'].get('lse_c'))}")
              if "lse_d" in g["quality"]["syncnet"] else "skipped")]
+    comparisons = "".join(f"<tr><td>{html.escape(c['metric'])}</td><td>{html.escape(c['a'])} - {html.escape(c['b'])}"
+                          f"</td><td>{format_ci(c['difference'], c['ci95'])}</td><td>{html.escape(c['verdict'])}</td></tr>"
+                          for c in r.get("comparisons", []))
+    if comparisons:
+        comparisons = ("<h2>Can the generators be told apart?</h2><p>Paired block bootstrap (1 s blocks, "
+                       "1000 resamples): the 95 % interval of the difference; it excludes 0 when they can.</p>"
+                       "<table><tr><th>metric</th><th>pair</th><th>difference [95 % CI]</th><th>verdict</th></tr>"
+                       f"{comparisons}</table>")
     names = list(r["generators"])
     head = "".join(f"<th>{html.escape(n)}</th>" for n in names)
     body = "".join(f"<tr><td>{html.escape(label)}</td>" + "".join(f"<td>{fn(r['generators'][n])}</td>"
@@ -249,6 +294,7 @@ figure {{ margin: 12px 0; }} code {{ background: #f3f3f3; padding: 1px 4px; }}
 {html.escape(r['created'])}; {html.escape(r['machine']['cpu'] or r['machine']['platform'])}, {r['machine']['cores']} cores.</p>
 <h2>Generators side by side</h2>
 <table><tr><th></th>{head}</tr>{body}</table>
+{comparisons}
 {client}
 {f'<p>SyncNet scores skipped: {html.escape(sync)}.</p>' if sync else ''}
 <h2>Videos</h2><ul>{videos}</ul>
