@@ -18,7 +18,7 @@ from tests.conftest import AUDIO
 from tests.runtime.conftest import read_wav
 from toolkit.audio import wav_bytes
 from toolkit.evaluate.evaluate import EvalConfig, evaluate
-from toolkit.evaluate.harness import chain_of
+from runtime.generators import Chain, GENERATORS
 
 
 def _speech(seconds: float) -> np.ndarray:
@@ -32,7 +32,7 @@ def test_harness_overhead(benchmark, built, tmp_path):
     audio = _speech(20.0)
     frames = len(audio) // 640
     mel = F.log_mel(audio)
-    chain = chain_of(pkg, "retrieval")
+    chain = Chain(pkg, [GENERATORS["retrieval"]])
     state = chain.new_state()
     t0 = time.perf_counter()
     for k in range(frames):

@@ -9,6 +9,7 @@ serving optimisations on and off, so each one's gain is a measured figure.
 import json
 import shutil
 import time
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -25,7 +26,8 @@ def package(built, tmp_path_factory):
     root = tmp_path_factory.mktemp("neural-bench") / "anchor"
     shutil.copytree(built("German_20s").path, root)
     torch.manual_seed(0)
-    save_weights(LipSyncUNet(SIZES["small"]).eval(), SIZES["small"], root / "neural.safetensors")
+    cfg = replace(SIZES["small"], shape_dim=8, shape_scale=(1.0,) * 8)     # as `lipsync-pack train` trains it
+    save_weights(LipSyncUNet(cfg).eval(), cfg, root / "neural.safetensors")
     return Package.open(root)
 
 
@@ -58,8 +60,9 @@ def test_neural_frame_time(benchmark, package, threads):
     plain = LipSyncUNet(cfg).eval().to(memory_format=torch.contiguous_format)
     with torch.inference_mode():
         images, m, _ = prepare_inputs(crops, crops, mel[None], cfg)
-        model_plain = _times(lambda: plain(images.contiguous(), m))
-        model_served = _times(lambda: gen.model(images, m))
+        shape = torch.from_numpy(gen.mouth.predict(mel[None], restore=False))
+        model_plain = _times(lambda: plain(images.contiguous(), m, shape))
+        model_served = _times(lambda: gen.model(images, m, shape))
     benchmark.pedantic(lambda: gen.render([Request(5, mel)]), rounds=20, iterations=1)
     info = {"threads": threads, "render_single_ms": _pct(single), "render_batch8_per_frame_ms": _pct(batch8),
             "model_only_plain_ms": _pct(model_plain), "model_only_served_ms": _pct(model_served),

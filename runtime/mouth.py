@@ -19,13 +19,18 @@ frames whose window does not reach into the held-out audio. The ridge strength
 is chosen from ALPHAS by blocked cross-validation (FOLDS contiguous blocks,
 so neighbouring frames never sit on both sides), scoring the correlation of
 the predicted and true mouth opening. Ridge predictions are shrunk towards the
-mean; ``scale`` (the true opening's spread over the out-of-fold prediction's,
-clamped to SCALE_RANGE) restores it so a generator driven by the prediction
-opens as wide as the speaker does. Seconds on CPU for minutes of video.
+mean, so a retrieval driven by them mumbles; ``scale`` widens them around the
+mean by the factor (from SCALE_GRID) at which nearest-shape retrieval from the
+out-of-fold predictions picks mouths that open as wide as the speaker's (same
+standard deviation of the opening): articulation calibrated per speaker on
+audio the fold never saw. Seconds on CPU for minutes of video.
 
-**Resting mouth.** ``rest_frame``: among the training frames with the least
-open mouths (lowest REST_QUANTILE), the one nearest their median shape: a
-closed, neutral mouth of the speaker's own.
+**Resting mouth.** ``rest_frame``: the speaker's own mouth when they are not
+talking. Among the fitted frames whose audio is silent (RMS under the
+server's IDLE_RMS), the more closed half; the one nearest their median shape
+is the rest frame: a closed, relaxed mouth, as the speaker holds it in pauses
+(not pressed shut). Clips with fewer than REST_MIN_QUIET silent frames use the
+least open REST_QUANTILE of all fitted frames instead.
 """
 
 from __future__ import annotations
@@ -34,13 +39,14 @@ import json
 import logging
 import struct
 import time
+import wave
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from .errors import PackageError
-from .stream import window_features
+from .stream import IDLE_RMS, window_features
 
 log = logging.getLogger("lipsync.mouth")
 
@@ -55,8 +61,9 @@ BAND_GROUP = 4                       # 80 mel bands -> 20
 COMPONENTS = 8
 ALPHAS = (10.0, 30.0, 100.0, 300.0, 1000.0, 3000.0)
 FOLDS = 5
-SCALE_RANGE = (1.0, 2.5)
+SCALE_GRID = (1.0, 1.25, 1.5, 1.75, 2.0, 2.5, 3.0)   # widening of predictions tried by _calibrate_scale
 REST_QUANTILE = 0.10
+REST_MIN_QUIET = 10                  # silent frames needed to take the rest mouth from the speaker's pauses
 AUDIO_REACH = 3                      # frames: a window reaches 112.5 ms (< 3 frames) past its frame's start
 MIN_FRAMES = 25                      # fewer usable training frames (1 s) than this cannot be fitted
 
@@ -285,6 +292,27 @@ class MouthModel:
         return self
 
 
+def _calibrate_scale(oof, y, folds, true_open) -> tuple[float, float]:
+    """The widening of predictions at which nearest-shape retrieval opens as wide as the speaker.
+
+    For each scale in SCALE_GRID, every frame's out-of-fold prediction, widened around
+    the mean, picks the nearest true shape among the other folds' frames (what
+    retrieval does with unseen audio); the scale whose picks' opening spread (std) is
+    nearest the true spread wins. Returns (scale, picks' spread over the true one at it).
+    """
+    ratios = []
+    for s in SCALE_GRID:
+        picked = np.empty(len(y), dtype=np.int64)
+        for test in folds:
+            keys = np.setdiff1d(np.arange(len(y)), test)
+            q = oof[test] * s                                     # predictions (centred), widened
+            d = (q ** 2).sum(1)[:, None] - 2 * q @ y[keys].T + (y[keys] ** 2).sum(1)[None]
+            picked[test] = keys[np.argmin(d, axis=1)]
+        ratios.append(true_open[picked].std() / max(true_open.std(), 1e-12))
+    i = int(np.argmin([abs(np.log(max(r, 1e-6))) for r in ratios]))
+    return float(SCALE_GRID[i]), float(ratios[i])
+
+
 def fit_frames(flags: np.ndarray, train_stop: int) -> np.ndarray:
     """The frames a model is fitted on: training frames (before ``train_stop``) not flagged lost
     (2), whose audio window stays out of the held-out tail."""
@@ -296,11 +324,32 @@ def fit_frames(flags: np.ndarray, train_stop: int) -> np.ndarray:
 def fit(package) -> MouthModel:
     """Fit a mouth-shape model on an open package (see :func:`fit_arrays`), bound to its landmarks."""
     return fit_arrays(package.landmarks, package.mel, package.fps, fit_frames(package.flags, package.train_range.stop),
-                      str(package.root))
+                      frame_rms(read_wav(Path(package.root) / "audio.wav"), package.frames), str(package.root))
+
+
+def read_wav(path: Path) -> np.ndarray:
+    """A package's ``audio.wav`` (16-bit PCM mono, as the builder writes it) as float32 in [-1, 1]."""
+    try:
+        with wave.open(str(path)) as w:
+            if w.getsampwidth() != 2 or w.getnchannels() != 1:
+                raise PackageError(f"{path}: expected 16-bit mono PCM; rebuild the package")
+            return np.frombuffer(w.readframes(w.getnframes()), "<i2").astype(np.float32) / 32768.0
+    except (OSError, EOFError, wave.Error) as exc:
+        raise PackageError(f"{path}: unreadable ({exc}); run `lipsync-pack verify`") from None
+
+
+def frame_rms(samples: np.ndarray, frames: int) -> np.ndarray:
+    """RMS of each video frame's own samples (an even split of the audio), zero past its end."""
+    spf = len(samples) // max(frames, 1) if frames else 0
+    out = np.zeros(frames)
+    if spf:
+        x = samples[:spf * frames].reshape(frames, spf).astype(np.float64)
+        out[:] = np.sqrt((x * x).mean(1))
+    return out
 
 
 def fit_arrays(landmarks: np.ndarray, mel: np.ndarray, fps: float, frames: np.ndarray,
-               where: str = "package") -> MouthModel:
+               rms: np.ndarray | None = None, where: str = "package") -> MouthModel:
     """Fit a mouth-shape model (see the module docstring) on ``frames``.
 
     Parameters
@@ -311,6 +360,8 @@ def fit_arrays(landmarks: np.ndarray, mel: np.ndarray, fps: float, frames: np.nd
         The package's log-mel rows.
     frames : np.ndarray [shape=(T,), dtype=int]
         Frames to fit on (:func:`fit_frames`).
+    rms : np.ndarray [shape=(N,)], optional
+        Each package frame's audio RMS (:func:`frame_rms`), to find the speaker's pauses.
 
     Raises
     ------
@@ -352,11 +403,15 @@ def fit_arrays(landmarks: np.ndarray, mel: np.ndarray, fps: float, frames: np.nd
     best = int(np.argmax(scores))
     pred_open = opening_of((oof[best] + bias) @ components + lip_mean, reference)
     spread = float(true_open.std() / max(pred_open.std(), 1e-9))
-    scale = float(np.clip(spread, *SCALE_RANGE))
+    scale, chosen_spread = _calibrate_scale(oof[best], y, folds, true_open)
     weights = _ridge_path(x, y, [ALPHAS[best]])[0]
 
-    # resting mouth: the most typical of the least open mouths
-    low = np.flatnonzero(true_open <= np.quantile(true_open, REST_QUANTILE))
+    # resting mouth: the most typical of the speaker's closed mouths in pauses
+    quiet = np.flatnonzero(np.asarray(rms)[frames] < IDLE_RMS) if rms is not None else np.array([], np.int64)
+    if len(quiet) >= REST_MIN_QUIET:
+        low = quiet[true_open[quiet] <= np.median(true_open[quiet])]
+    else:
+        low = np.flatnonzero(true_open <= np.quantile(true_open, REST_QUANTILE))
     median = np.median(lips[low], axis=0)
     pick = low[np.argmin(np.linalg.norm(lips[low] - median, axis=1))]
     rest = int(frames[pick])
@@ -365,7 +420,7 @@ def fit_arrays(landmarks: np.ndarray, mel: np.ndarray, fps: float, frames: np.nd
             "cv_scores": {f"{a:g}": round(s, 4) for a, s in zip(ALPHAS, scores)},
             "folds": FOLDS, "frames": int(len(frames)), "components": COMPONENTS,
             "explained_variance": round(float((coef.var(0)).sum() / max((lips - lip_mean).var(0).sum(), 1e-12)), 4),
-            "spread_ratio": round(spread, 4), "rest_opening": round(float(true_open[pick]), 4),
+            "spread_ratio": round(spread, 4), "retrieved_spread_ratio": round(chosen_spread, 4), "rest_opening": round(float(true_open[pick]), 4),
             "seconds": round(time.perf_counter() - t0, 3)}
     f32 = lambda a: np.ascontiguousarray(a, dtype=np.float32)
     model = MouthModel(f32(reference), f32(lip_mean), f32(components), f32(f_mean), f32(f_std),

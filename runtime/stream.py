@@ -35,7 +35,8 @@ CONTEXT_ROWS = CONTEXT_BEFORE + CONTEXT_AFTER   # 12 rows = 150 ms of row centre
 LOOKAHEAD_CHUNKS = 2                            # 80 ms: see the module docstring
 LOOKAHEAD_MS = LOOKAHEAD_CHUNKS * CHUNK_MS
 SILENCE = -F.MAX_ABS_VALUE                      # feature value of digital silence
-IDLE_RMS = 0.01                                 # -40 dBFS: below it a frame's 40 ms counts as silence
+IDLE_RMS = 0.005                                # -46 dBFS: below it a frame's 40 ms counts as silence
+                                                # (quiet speech reaches -45; a quiet room -48; docs/serving.md)
 RING_ROWS = 256                                 # 3.2 s of mel rows per session
 _RESAMPLE_TAPS_PER_PHASE = 32                   # FIR length per polyphase branch
 

@@ -285,7 +285,8 @@ def build_package(source: str | Path, out: str | Path, config: BuildConfig = Bui
             if len(fit_on) < mouth.MIN_FRAMES:
                 raise FaceError(f"{info.path}: only {len(fit_on)} training frames show the face; the mouth model "
                                 f"needs {mouth.MIN_FRAMES} (1 s); use a longer video or a smaller --holdout")
-            shape = mouth.fit_arrays(lm_crop, track.mel, config.fps, fit_on, str(info.path))
+            shape = mouth.fit_arrays(lm_crop, track.mel, config.fps, fit_on, mouth.frame_rms(track.wav, n),
+                                     str(info.path))
             writer.path(mouth.MOUTH_FILE).write_bytes(shape.to_bytes())
         with clock.stage("preview"):
             tiles = [preview.tile(frames[i], crops[i], smoothed.boxes[i], lm_crop[i], flags[i], region, i) for i in keep]

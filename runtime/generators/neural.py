@@ -54,16 +54,23 @@ class NeuralGenerator(Generator):
         if os.environ.get(COMPILE_ENV) == "1":
             self.model = torch.compile(self.model)
         self._torch = torch
-        self.rest_frame = for_package(package).rest_frame
+        self.mouth = for_package(package)
+        self.rest_frame = self.mouth.rest_frame
+        if self.cfg.shape_dim and self.cfg.shape_dim != self.mouth.components.shape[0]:
+            raise PackageError(f"{package.root / WEIGHTS}: trained on {self.cfg.shape_dim} mouth-shape coefficients, "
+                               f"the package's mouth model has {self.mouth.components.shape[0]}; retrain")
 
     def render(self, requests: Sequence[Request]) -> list[np.ndarray]:
         from ..neural import prepare_inputs, to_crops
 
         crops = np.stack([np.asarray(self.package.crops[r.base]) for r in requests])     # (B, S, S, 3)
         mels = np.stack([r.mel for r in requests])                                        # (B, 12, 80)
+        shape = None
+        if self.cfg.shape_dim:
+            shape = self._torch.from_numpy(self.mouth.predict(mels, restore=False)).to(self.device)
         with self._torch.inference_mode():
             images, mel, _ = prepare_inputs(crops, crops, mels, self.cfg)
-            pred = self.model(images.to(self.device), mel.to(self.device))                # (B, 3, px, px)
+            pred = self.model(images.to(self.device), mel.to(self.device), shape)         # (B, 3, px, px)
         out = list(to_crops(pred, crops, self.cfg))
         # easing into or out of silence: fade towards the resting mouth
         return [blend(o, transplant(self.package, r.base, self.rest_frame), r.rest) if r.rest > 0 else o

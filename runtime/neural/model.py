@@ -67,6 +67,8 @@ class ModelConfig:
     crop: int = 328                 # package crop.size
     inner: int = 320                # package crop.inner: the centred region the model sees (margin 4 px)
     mask: tuple = (0.15, 0.60, 0.85, 0.97)  # x0, y0, x1, y1 of the blanked box, fractions of the inner side
+    shape_dim: int = 0              # mouth-shape conditioning: coefficients of runtime.mouth's prediction (0: off)
+    shape_scale: tuple = ()         # their spread over the training frames; inputs are divided by it
 
     def __post_init__(self):
         levels = len(self.mult)
@@ -78,6 +80,8 @@ class ModelConfig:
             (not (0 <= self.mask[0] < self.mask[2] <= 1 and 0 <= self.mask[1] < self.mask[3] <= 1),
              f"mask {self.mask} is not a box inside [0, 1]"),
             (min(self.base, self.audio_dim, *self.mult, *self.depths) < 1, "sizes must be positive"),
+            (self.shape_dim < 0 or len(self.shape_scale) != self.shape_dim or min(self.shape_scale, default=1) <= 0,
+             f"shape_scale needs {self.shape_dim} positive entries"),
         ] if bad]
         if problems:
             raise ValueError(f"invalid ModelConfig: {problems[0]}")
@@ -148,22 +152,32 @@ class LipSyncUNet(nn.Module):
         self.narrow = nn.ModuleList(nn.Conv2d(w[i + 1], w[i], 1, bias=False) for i in range(len(w) - 1))
         self.up = nn.ModuleList(conv_stage(2 * w[i], w[i], cfg.depths[i]) for i in range(len(w) - 1))
         self.audio_add = nn.Linear(a, w[cfg.audio_level])
+        if cfg.shape_dim:                                       # the mouth shape the audio predicts, added in
+            self.shape = nn.Sequential(nn.Linear(cfg.shape_dim, a), nn.LeakyReLU(0.2), nn.Linear(a, a))
+            self.register_buffer("shape_scale", torch.tensor(cfg.shape_scale, dtype=torch.float32), persistent=False)
         self.head = nn.Conv2d(w[0], 3, 1)
         self.to(memory_format=torch.channels_last)            # ~1.4x faster 3x3 convs on CPU
 
-    def forward(self, images: torch.Tensor, mel: torch.Tensor) -> torch.Tensor:
+    def forward(self, images: torch.Tensor, mel: torch.Tensor, shape: torch.Tensor | None = None) -> torch.Tensor:
         """
         Parameters
         ----------
         images : torch.Tensor [shape=(B, 6, px, px), float32 in [0, 1]]
             Reference RGB, then the masked target RGB (see :func:`prepare_inputs`).
         mel : torch.Tensor [shape=(B, mel_rows, mel_bands), float32 in [-4, 4]]
+        shape : torch.Tensor [shape=(B, shape_dim)], optional
+            With ``shape_dim``: the mouth-shape coefficients the package's mouth model
+            predicts from ``mel`` (:meth:`runtime.mouth.MouthModel.predict`); required then.
 
         Returns
         -------
         torch.Tensor [shape=(B, 3, px, px), float32 in [0, 1]]
         """
         a = self.audio((mel / MAX_ABS_VALUE).transpose(1, 2))          # (B, 80, 12) -> (B, A)
+        if self.cfg.shape_dim:
+            if shape is None:
+                raise ValueError("this model is conditioned on the mouth shape: pass shape=")
+            a = a + self.shape(shape.float() / self.shape_scale)
         x = (images * 2 - 1).contiguous(memory_format=torch.channels_last)
         skips = [self.stem(x)]                                          # (B, w0, px, px)
         for down in self.down:

@@ -44,6 +44,8 @@ def test_neural_leads_the_chain_when_weights_exist(trained, built, speech):
         eyes_bottom = int(np.asarray(pkg.landmarks[base])[36:48, 1].max()) + 4
         np.testing.assert_array_equal(img[:eyes_bottom], np.asarray(pkg.crops[base])[:eyes_bottom])
     assert build_chain(Package.open(built("German_20s").path)).names == ["retrieval", "static"]
+    cfg = pkg.manifest["extra"]["neural"]["config"]
+    assert cfg["shape_dim"] == 8 and len(cfg["shape_scale"]) == 8     # conditioned on the mouth-shape model
 
 
 @pytest.mark.parametrize("damage", ["missing", "corrupt", "truncated"])

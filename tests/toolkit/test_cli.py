@@ -46,7 +46,7 @@ def test_inspect_and_verify(built):
     text = CliRunner().invoke(main, ["inspect", path]).output
     assert "jitter" in text and "crops.npy" in text
     ok = CliRunner().invoke(main, ["verify", path])
-    assert ok.exit_code == 0 and "9 files match" in ok.output
+    assert ok.exit_code == 0 and "10 files match" in ok.output
 
 
 def test_verify_names_the_bad_file(package_copy):

@@ -36,7 +36,7 @@ import math
 import os
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -83,6 +83,7 @@ class TrainConfig:
     augment: bool = True            # shift crops within the package's 4 px margin
     num_workers: int = 0            # DataLoader processes; reading crops is cheap next to a step
     threads: int = 0                # torch CPU threads; 0: every core this process may use
+    shape: bool = True              # condition on the mouth-shape model's prediction (runtime.mouth)
 
 
 @dataclass
@@ -196,6 +197,17 @@ def publish(root: Path, model: LipSyncUNet, cfg: ModelConfig, config: TrainConfi
     return path, digest
 
 
+def shape_config(cfg: ModelConfig, shape_model, package: Package) -> ModelConfig:
+    """``cfg`` conditioned on the package's mouth-shape model: its K coefficients, scaled by their spread
+    over the training frames' predictions."""
+    from runtime.stream import window_features
+
+    frames = package.usable_train_frames
+    pred = shape_model.predict(window_features(np.asarray(package.mel), frames, package.fps), restore=False)
+    scale = tuple(round(float(v), 6) for v in np.maximum(pred.std(0), 1e-3))
+    return replace(cfg, shape_dim=len(scale), shape_scale=scale)
+
+
 def train(package_path: str | Path, config: TrainConfig = TrainConfig(), resume: bool = False,
           progress: bool = True) -> TrainResult:
     """Train on a package's training frames and store the weights in the package.
@@ -220,9 +232,11 @@ def train(package_path: str | Path, config: TrainConfig = TrainConfig(), resume:
     package = Package.open(root)
     if config.size not in SIZES:
         raise InputError(f"size {config.size!r}: expected one of {', '.join(sorted(SIZES))}")
-    refit_mouth(root)                   # the mouth-shape model follows the package's current frames
+    shape_model = refit_mouth(root)     # the mouth-shape model follows the package's current frames
     package = Package.open(root)
     cfg, device = SIZES[config.size], torch.device(config.device)
+    if config.shape:
+        cfg = shape_config(cfg, shape_model, package)
     torch.set_num_threads(config.threads or len(os.sched_getaffinity(0)))
     torch.manual_seed(config.seed)
     model = LipSyncUNet(cfg).to(device)
@@ -245,7 +259,11 @@ def train(package_path: str | Path, config: TrainConfig = TrainConfig(), resume:
         batch = next(batches)
         images, mel, target = prepare_inputs(batch["reference"].to(device), batch["target"].to(device),
                                              batch["mel"].to(device), cfg)
-        loss = lipsync_loss(model(images, mel), target, batch["mouth"].to(device), config, cfg.mask_box(cfg.px))
+        shape = None
+        if cfg.shape_dim:
+            shape = torch.from_numpy(shape_model.predict(batch["mel"].numpy(), restore=False)).to(device)
+        loss = lipsync_loss(model(images, mel, shape), target, batch["mouth"].to(device), config,
+                            cfg.mask_box(cfg.px))
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -285,11 +303,13 @@ def train(package_path: str | Path, config: TrainConfig = TrainConfig(), resume:
 @click.option("--checkpoint-every", type=int, default=200, show_default=True, help="Steps between checkpoints.")
 @click.option("--workers", type=int, default=0, show_default=True, help="DataLoader worker processes.")
 @click.option("--resume", is_flag=True, help="Continue from PACKAGE/.train's checkpoint.")
+@click.option("--shape/--no-shape", default=True, show_default=True,
+              help="Condition the network on the mouth shape the package's mouth model predicts from the audio.")
 @click.option("--mouth-only", is_flag=True,
               help="Only refit the mouth-shape model (seconds; upgrades a package built before format 1.1).")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
-def main(package, size, device, batch, lr, minutes, max_steps, seed, checkpoint_every, workers, resume, mouth_only,
-         quiet):
+def main(package, size, device, batch, lr, minutes, max_steps, seed, checkpoint_every, workers, resume, shape,
+         mouth_only, quiet):
     """Train the neural generator on PACKAGE and store neural.safetensors in it.
 
     The package's mouth-shape model (mouth.safetensors) is refitted first.
@@ -305,7 +325,7 @@ def main(package, size, device, batch, lr, minutes, max_steps, seed, checkpoint_
         return
     try:
         config = TrainConfig(size=size, device=device, batch=batch, lr=lr, minutes=minutes, max_steps=max_steps,
-                             seed=seed, checkpoint_every=checkpoint_every, num_workers=workers)
+                             seed=seed, checkpoint_every=checkpoint_every, num_workers=workers, shape=shape)
         result = train(package, config, resume=resume, progress=not quiet and sys.stderr.isatty())
     except LipsyncError as exc:
         click.echo(f"error: {exc}", err=True)
