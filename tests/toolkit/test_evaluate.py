@@ -13,6 +13,7 @@ import pytest
 
 from runtime import mouth
 from runtime.package import Package
+from runtime.protocol import SampleFormat
 from runtime.schema import iter_errors, load_schema
 from tests.conftest import AUDIO, ROOT, VIDEOS, ffmpeg
 from toolkit.evaluate import quality
@@ -261,3 +262,31 @@ def closed_after_speech(package_root, generator: str) -> tuple[float, np.ndarray
 def test_silence_gives_a_closed_mouth(anchor, generator):
     share, status = closed_after_speech(anchor, generator)
     assert share <= 0.05 and (status == 1).all()          # 1: IDLE, the resting mouth without a generator call
+
+
+def test_eval_renders_the_bytes_the_server_sends(anchor, tmp_path):
+    """The in-process harness and a real server (render processes, websocket) give byte-identical JPEGs."""
+    import asyncio
+
+    from runtime.client import Client
+    from tests.runtime.conftest import running_server
+    from toolkit.evaluate import harness
+
+    with wave.open(str(AUDIO["eng"])) as w:
+        speech = np.frombuffer(w.readframes(w.getnframes()), np.int16).astype(np.float32) / 32768
+    audio = np.concatenate([speech[16_000 * 4:16_000 * 8], np.zeros(16_000, np.float32)])   # speech, then silence
+    run = harness.run_inprocess(Package.open(anchor), audio, "retrieval")
+    served = tmp_path / "served"
+    served.mkdir()
+    (served / anchor.name).symlink_to(anchor, target_is_directory=True)
+
+    async def stream(url):
+        async with Client(url) as c:
+            return [frame async for frame, _ in c.stream(audio, 16_000, SampleFormat.FLOAT32, realtime=True)]
+
+    with running_server(served, chain="retrieval") as srv:
+        frames = asyncio.run(stream(srv.ws))
+    assert len(frames) == len(run.crops) == 125
+    assert [f.base_frame for f in frames] == run.bases.tolist()
+    assert [int(f.status) for f in frames] == run.status.tolist() and 10 < run.status.sum() < 30   # IDLE: at rest
+    assert all(f.jpeg == j for f, j in zip(frames, run.crops.data))
