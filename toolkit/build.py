@@ -78,7 +78,8 @@ class BuildResult:
         return {"package": str(self.path), "frames": m["video"]["frames"], "fps": m["video"]["fps"],
                 "measured": q["measured"], "interpolated": q["interpolated"], "lost": q["lost"],
                 "lost_ranges": q["lost_ranges"], "jitter_px": q["jitter_px"],
-                "landmarks": m["landmarks"]["backend"], "notes": q["notes"], "seconds": self.seconds}
+                "landmarks": m["landmarks"]["backend"], "mouth": m["extra"]["mouth"], "notes": q["notes"],
+                "seconds": self.seconds}
 
 
 class _Clock:

@@ -106,6 +106,8 @@ def _format_summary(s: dict) -> str:
         f" {s['lost']} lost (lost frames: {lost})",
         f"jitter     crop centre {s['jitter_px']['raw']:.2f} px RMS raw -> {s['jitter_px']['smoothed']:.2f} px smoothed",
         f"landmarks  {s['landmarks']}",
+        f"mouth      shape model: cross-validated opening r {s['mouth']['cv_opening_r']:.2f} on"
+        f" {s['mouth']['frames']} frames in {s['mouth']['seconds']:.2f} s",
         f"time       {sum(s['seconds'].values()):.2f}s total: {stages}",
     ]
     lines += [f"note       {n}" for n in s["notes"]]
@@ -126,6 +128,7 @@ def describe(pkg: Package) -> dict:
         "lost": q["lost"], "lost_ranges": q["lost_ranges"], "interpolated_ranges": q["interpolated_ranges"],
         "jitter_px": q["jitter_px"], "face_size_px": q["face_size_px"], "notes": q["notes"],
         "mel_frames": pkg.mel.shape[0], "build_seconds": m["build"]["seconds"],
+        "mouth": m.get("extra", {}).get("mouth"),
         "files": {k: {kk: e[kk] for kk in ("bytes", "dtype", "shape", "media_type") if kk in e}
                   for k, e in m["files"].items()},
     }
@@ -148,6 +151,11 @@ def _format_description(d: dict) -> str:
         f"landmarks  {lmk['backend']} {lmk['backend_version']} ({lmk['model']})",
         f"audio      {d['mel_frames']} mel frames (80 per second)",
     ]
+    mouth = d.get("mouth")
+    lines.append(f"mouth      shape model on {mouth['frames']} frames: cross-validated opening r {mouth['cv_opening_r']:.2f}"
+                 f"{' (weak: retrieval will follow the audio loosely)' if mouth['cv_opening_r'] < 0.3 else ''};"
+                 f" resting mouth from frame {mouth['rest_frame']}" if mouth else
+                 "mouth      no mouth-shape model (format 1.0): `lipsync-pack train PACKAGE --mouth-only` adds one")
     for name, e in d["files"].items():
         kind = f"{e['dtype']}{e['shape']}" if "dtype" in e else e["media_type"]
         lines.append(f"file       {name:<16} {e['bytes'] / 1e6:9.2f} MB  {kind}")
