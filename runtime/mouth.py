@@ -46,11 +46,12 @@ from pathlib import Path
 import numpy as np
 
 from .errors import PackageError
-from .stream import IDLE_RMS, window_features
+from .package import MOUTH_MODEL
+from .stream import CONTEXT_ROWS, IDLE_RMS, window_features
 
 log = logging.getLogger("lipsync.mouth")
 
-MOUTH_FILE = "mouth.safetensors"
+MOUTH_FILE = MOUTH_MODEL
 FORMAT = "lipsync-mouth"
 VERSION = "1"
 LIPS = np.r_[48:68]                  # 20 lip points
@@ -61,6 +62,7 @@ BAND_GROUP = 4                       # 80 mel bands -> 20
 COMPONENTS = 8
 ALPHAS = (10.0, 30.0, 100.0, 300.0, 1000.0, 3000.0)
 FOLDS = 5
+CALIBRATION_KEYS = 4000             # keys per fold in _calibrate_scale (distance matrix rows x this)
 SCALE_GRID = (1.0, 1.25, 1.5, 1.75, 2.0, 2.5, 3.0)   # widening of predictions tried by _calibrate_scale
 REST_QUANTILE = 0.10
 REST_MIN_QUIET = 10                  # silent frames needed to take the rest mouth from the speaker's pauses
@@ -68,6 +70,7 @@ AUDIO_REACH = 3                      # frames: a window reaches 112.5 ms (< 3 fr
 MIN_FRAMES = 25                      # fewer usable training frames (1 s) than this cannot be fitted
 
 _DTYPES = {"float32": "F32", "int64": "I64"}
+FEATURES = 20 * CONTEXT_ROWS         # 20 bands (80 / BAND_GROUP) x 12 rows: what predict() takes
 TENSORS = ("reference", "lip_mean", "components", "feature_mean", "feature_std", "weights", "bias",
            "scale", "rest_frame")
 
@@ -262,24 +265,35 @@ class MouthModel:
         missing = [k for k in TENSORS if k not in t]
         if missing:
             raise PackageError(f"{where}: tensor {missing[0]!r} missing; {hint}")
-        k = t["components"].shape[0] if t["components"].ndim == 2 else -1
-        d = t["feature_mean"].shape[0] if t["feature_mean"].ndim == 1 else -1
+        for name in TENSORS:
+            want_dtype = np.int64 if name == "rest_frame" else np.float32
+            if t[name].dtype != want_dtype:
+                raise PackageError(f"{where}: tensor {name!r} is {t[name].dtype}, expected {np.dtype(want_dtype)}; "
+                                   f"{hint}")
+        k = t["components"].shape[0] if t["components"].ndim == 2 else 0
+        d = FEATURES
+        if k < 1:
+            raise PackageError(f"{where}: tensor 'components' has shape {list(t['components'].shape)}, "
+                               f"expected [K, {2 * len(LIPS)}] with K >= 1; {hint}")
         want = {"reference": (len(STABLE), 2), "lip_mean": (2 * len(LIPS),), "components": (k, 2 * len(LIPS)),
                 "feature_mean": (d,), "feature_std": (d,), "weights": (d, k), "bias": (k,), "scale": (1,),
                 "rest_frame": (1,)}
         for name, shape in want.items():
-            if k < 1 or d < 1 or t[name].shape != shape:
+            if t[name].shape != shape:
                 raise PackageError(f"{where}: tensor {name!r} has shape {list(t[name].shape)}, "
                                    f"expected {list(shape)}; {hint}")
             if t[name].dtype.kind == "f" and not np.isfinite(t[name]).all():
                 raise PackageError(f"{where}: tensor {name!r} holds NaN or infinity; {hint}")
+        if (t["feature_std"] <= 0).any() or t["scale"][0] <= 0:
+            raise PackageError(f"{where}: feature_std and scale must be positive; {hint}")
         rest = int(t["rest_frame"][0])
         if frames is not None and not 0 <= rest < frames:
             raise PackageError(f"{where}: rest frame {rest} is outside the package's {frames} frames; {hint}")
         try:
             info = json.loads(meta.get("info", "{}"))
-        except json.JSONDecodeError:
+        except Exception:                # informational only: a damaged report must not refuse the model
             info = {}
+        info = info if isinstance(info, dict) else {}
         return cls(t["reference"], t["lip_mean"], t["components"], t["feature_mean"], t["feature_std"],
                    t["weights"], t["bias"], float(t["scale"][0]), rest, info)
 
@@ -302,12 +316,17 @@ def _calibrate_scale(oof, y, folds, true_open) -> tuple[float, float]:
     """
     ratios = []
     for s in SCALE_GRID:
+        rng = np.random.default_rng(0)                    # the same keys for every scale
         picked = np.empty(len(y), dtype=np.int64)
         for test in folds:
             keys = np.setdiff1d(np.arange(len(y)), test)
-            q = oof[test] * s                                     # predictions (centred), widened
-            d = (q ** 2).sum(1)[:, None] - 2 * q @ y[keys].T + (y[keys] ** 2).sum(1)[None]
-            picked[test] = keys[np.argmin(d, axis=1)]
+            if len(keys) > CALIBRATION_KEYS:               # bounded time and memory for long packages
+                keys = np.sort(rng.choice(keys, CALIBRATION_KEYS, replace=False))
+            norms = (y[keys] ** 2).sum(1)[None]
+            for rows in np.array_split(test, -(-len(test) // 2000)):
+                q = oof[rows] * s                                 # predictions (centred), widened
+                d = (q ** 2).sum(1)[:, None] - 2 * q @ y[keys].T + norms
+                picked[rows] = keys[np.argmin(d, axis=1)]
         ratios.append(true_open[picked].std() / max(true_open.std(), 1e-12))
     i = int(np.argmin([abs(np.log(max(r, 1e-6))) for r in ratios]))
     return float(SCALE_GRID[i]), float(ratios[i])

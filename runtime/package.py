@@ -27,7 +27,9 @@ SCHEMA_PATH = Path(__file__).with_name("schema") / "manifest.schema.json"
 # Files a reader can do without: serving falls back to the next generator tier
 # (``lipsync-pack verify`` still reports them missing).
 NEURAL_WEIGHTS = "neural.safetensors"     # written by `lipsync-pack train`
-OPTIONAL_FILES = frozenset({NEURAL_WEIGHTS})
+MOUTH_MODEL = "mouth.safetensors"         # format 1.1; missing: the server refuses the package with a clear
+                                          # error, and `lipsync-pack train --mouth-only` can still open it to refit
+OPTIONAL_FILES = frozenset({NEURAL_WEIGHTS, MOUTH_MODEL})
 
 # Frame flags (flags.npy, uint8), one per frame.
 FLAG_MEASURED = 0       # landmarks measured on this frame

@@ -98,7 +98,7 @@ class SampleFormat(enum.IntEnum):
 
 class FrameStatus(enum.IntEnum):
     OK = 0          # mouth re-rendered from the audio
-    IDLE = 1        # base frame returned unchanged (silence, warm-up)
+    IDLE = 1        # silence: the base frame with the speaker's resting mouth, no generator call
 
 
 SAMPLE_SIZES = {SampleFormat.INT16: 2, SampleFormat.FLOAT32: 4}

@@ -112,20 +112,30 @@ class Renderer:
             w = min(1.0, w + REST_STEP) if s else max(0.0, w - REST_STEP)
             state[REST_KEY] = w
             rest.append(w)
-        speak = [i for i, w in enumerate(rest) if w < 1.0]
-        if speak:
+        pending: list[int] = []                       # speaking frames not rendered yet, in order
+
+        def flush() -> None:
+            if not pending:
+                return
             t0 = time.perf_counter()
-            crops, tier = self.chain.render([bases[i] for i in speak], [mels[i] for i in speak],
-                                            [states[i] for i in speak], degrade=degrade,
-                                            rest=[rest[i] for i in speak])
-            ms = (time.perf_counter() - t0) * 1e3 / len(speak)
+            crops, tier = self.chain.render([bases[i] for i in pending], [mels[i] for i in pending],
+                                            [states[i] for i in pending], degrade=degrade,
+                                            rest=[rest[i] for i in pending])
+            ms = (time.perf_counter() - t0) * 1e3 / len(pending)
             tier = f"{tier}:overload" if degrade else tier
-            for i, crop in zip(speak, crops):
+            for i, crop in zip(pending, crops):
                 out[i] = self._finish(FrameStatus.OK, bases[i], crop, tier, ms)
+            pending.clear()
+
         for i, w in enumerate(rest):
-            if w >= 1.0:
-                self.chain.reset(states[i])
-                out[i] = self._finish(FrameStatus.IDLE, bases[i], self.resting(bases[i]), "idle")
+            if w < 1.0:
+                pending.append(i)
+                continue
+            if any(states[j] is states[i] for j in pending):   # this session spoke earlier in the batch:
+                flush()                                         # render that before its state is reset
+            self.chain.reset(states[i])
+            out[i] = self._finish(FrameStatus.IDLE, bases[i], self.resting(bases[i]), "idle")
+        flush()
         return out  # type: ignore[return-value]
 
     def resting(self, base: int) -> np.ndarray:
@@ -233,6 +243,10 @@ class PackageStore:
 
     def folder(self, name: str) -> Path:
         """The folder of package ``name``; KeyError if there is no such package."""
+        if self._only is not None:                     # one package: its folder name, whatever it is
+            if name != self._only:
+                raise KeyError(name)
+            return self.root / name
         if not isinstance(name, str) or not NAME_RE.match(name) or name not in self.names():
             raise KeyError(name)
         return self.root / name

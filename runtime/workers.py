@@ -72,8 +72,8 @@ def _worker_main(conn, path: str, chain: str | None, jpeg_quality: int) -> None:
     for name in store.names():
         try:
             store.get(name)                            # map now, build the retrieval index now
-        except LipsyncError as exc:
-            log.warning("worker: skipping %s: %s", name, exc)
+        except Exception as exc:                       # a damaged package must not take the worker down
+            log.warning("worker: skipping %s: %s", name, " ".join(str(exc).split())[:300])
     metrics = RecordingMetrics()
     sessions: dict[int, Session] = {}
     conn.send(("ready", store.names()))

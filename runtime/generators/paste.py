@@ -20,6 +20,7 @@ import cv2
 import numpy as np
 
 from ..mouth import STABLE, similarity
+from ..package import FLAG_LOST
 
 FEATHER = 0.025                # mask blur sigma as a fraction of the crop size (8 px at 328)
 LOWER_FACE = np.r_[3:14, 35, 34, 33, 32, 31]   # jaw 3-13, then the nose base right to left
@@ -28,7 +29,7 @@ LOWER_FACE = np.r_[3:14, 35, 34, 33, 32, 31]   # jaw 3-13, then the nose base ri
 def transplant(package, base: int, source: int) -> np.ndarray:
     """Base frame ``base``'s crop with frame ``source``'s lower face: uint8 (S, S, 3), a new array."""
     out = np.array(package.crops[base])
-    if source == base:
+    if source == base or package.flags[base] == FLAG_LOST:     # no face on the base frame: nothing to paste on
         return out
     lm = package.landmarks
     base_lm, src_lm = np.asarray(lm[base]), np.asarray(lm[source])

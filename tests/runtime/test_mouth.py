@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import struct
 
 import numpy as np
 import pytest
@@ -44,7 +45,7 @@ def test_model_round_trips_bit_identically(built):
         np.testing.assert_array_equal(loaded.tensors()[name], arr, err_msg=name)
 
 
-@pytest.mark.parametrize("damage", ["garbage", "truncated", "nan"])
+@pytest.mark.parametrize("damage", ["garbage", "truncated", "nan", "float64", "deep info", "deleted"])
 def test_damaged_model_fails_with_one_clear_line(package_copy, damage):
     path = package_copy / mouth.MOUTH_FILE
     data = path.read_bytes()
@@ -52,10 +53,28 @@ def test_damaged_model_fails_with_one_clear_line(package_copy, damage):
         path.write_bytes(b"\x00" * 64)
     elif damage == "truncated":
         path.write_bytes(data[:len(data) // 2])
+    elif damage == "deleted":
+        path.unlink()
     else:
         model = mouth.MouthModel.from_bytes(data)
-        model.weights = np.full_like(model.weights, np.nan)
-        path.write_bytes(model.to_bytes())
+        if damage == "nan":
+            model.weights = np.full_like(model.weights, np.nan)
+        elif damage == "float64":
+            model.weights = model.weights.astype(np.float64)
+            mouth._DTYPES["float64"] = "F64"
+        blob = model.to_bytes()
+        if damage == "deep info":      # a fit report nested past Python's recursion limit
+            n = struct.unpack("<Q", blob[:8])[0]
+            header = json.loads(blob[8:8 + n])
+            header["__metadata__"]["info"] = "[" * 100_000
+            head = json.dumps(header).encode()
+            head += b" " * (-len(head) % 8)
+            blob = struct.pack("<Q", len(head)) + head + blob[8 + n:]
+        path.write_bytes(blob)
+        mouth._DTYPES.pop("float64", None)
+    if damage == "deep info":          # informational header only: the model still loads
+        assert mouth.load(Package.open(package_copy)).rest_frame >= 0
+        return
     pkg = Package.open(package_copy)
     with pytest.raises(PackageError) as err:
         mouth.for_package(pkg)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import time
 
 import numpy as np
@@ -80,3 +81,31 @@ def test_batching_across_sessions_gives_the_same_frames(packages_dir, speech):
     assert len(alone_frames) == len(batch_frames) == 36
     for a, b in zip(alone_frames, batch_frames):
         assert (a.seq, a.base_frame, a.status, a.jpeg) == (b.seq, b.base_frame, b.status, b.jpeg)
+
+
+def test_a_batch_renders_as_frames_one_by_one(packages_dir, speech):
+    """A session's frames batched together (speech, a pause long enough to rest, speech again) give the
+    same JPEGs as the same frames rendered one at a time: the reset at rest happens in frame order."""
+    from runtime.stream import window_from_pcm
+
+    store = PackageStore(packages_dir)
+    renderer = store.get("anchor")
+    x = speech[16_000 * 5:]
+    mels = [window_from_pcm(x[k * 640:k * 640 + 10_240]) for k in range(9)]
+    silent = [False, False, True, True, True, True, False, False, False]
+    bases = list(range(9))
+    one_state, batch_state = renderer.new_state(rest=0.0), renderer.new_state(rest=0.0)
+    one = [renderer.render([b], [m], [one_state], [s])[0] for b, m, s in zip(bases, mels, silent)]
+    batch = renderer.render(bases, mels, [batch_state] * 9, silent)
+    assert [r.status for r in batch] == [r.status for r in one] and one[5].status == FrameStatus.IDLE
+    assert [r.jpeg for r in batch] == [r.jpeg for r in one]
+
+
+def test_a_single_package_folder_may_have_any_name(built, tmp_path, speech):
+    folder = tmp_path / "my speaker (take 2)"
+    shutil.copytree(built("face_1").path, folder)
+    store = PackageStore(folder)
+    assert store.names() == ["my speaker (take 2)"]
+    s = Session(store, Metrics())
+    out = [f for i in range(4) for f in s.handle(chunk(i, speech[16_000 * 5 + i * 640:][:640]))]
+    assert len(out) == 2 and all(isinstance(f, Frame) for f in out)

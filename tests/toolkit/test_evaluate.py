@@ -290,3 +290,16 @@ def test_eval_renders_the_bytes_the_server_sends(anchor, tmp_path):
     assert [f.base_frame for f in frames] == run.bases.tolist()
     assert [int(f.status) for f in frames] == run.status.tolist() and 10 < run.status.sum() < 30   # IDLE: at rest
     assert all(f.jpeg == j for f, j in zip(frames, run.crops.data))
+
+
+def test_block_bootstrap_on_short_runs():
+    from toolkit.evaluate import stats
+
+    assert stats.block_indices(0, 25).shape == (stats.RESAMPLES, 0)
+    for n in (1, 5, 23, 60):
+        idx = stats.block_indices(n, 25)
+        assert idx.shape == (stats.RESAMPLES, n) and idx.min() >= 0 and idx.max() < n
+        if n >= 5:
+            assert len({tuple(r) for r in idx[:50]}) > 10        # resamples differ, even under one block
+    same = stats.compare("a", "b", "lmd_px", np.ones(10), np.zeros(10), 1.0, 0.0)
+    assert not same["distinguishable"]                            # a zero-width interval tells nothing

@@ -216,8 +216,8 @@ def _quality(run, lm, ys: Yardstick) -> tuple[dict, dict]:
         if speaking.sum() >= 10:
             sub = opening[speaking]
             sub_idx = stats.block_indices(len(sub), ys.pkg.fps)
-            std_r, std_s = stats.spread_ratio(sub, ys.speaking_opening, sub_idx)
-            p90_r, p90_s = stats.spread_ratio(sub, ys.speaking_opening, sub_idx, stats.p90_spread)
+            std_r, std_s = stats.spread_ratio(sub, ys.speaking_opening, sub_idx, paired=False)
+            p90_r, p90_s = stats.spread_ratio(sub, ys.speaking_opening, sub_idx, stats.p90_spread, paired=False)
             q["articulation"] = {"reference": "the package's training frames while the speaker talks",
                                  "std_ratio": stats.summary(std_r, std_s),
                                  "p90_spread_ratio": stats.summary(p90_r, p90_s)}

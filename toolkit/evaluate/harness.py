@@ -122,51 +122,53 @@ def run_inprocess(package: Package, audio16k: np.ndarray, generator: str,
         (the ``paste`` stage) and hands it on, e.g. to the video writer.
     """
     store = PackageStore(package.root, chain=generator)
-    session = Session(store, Metrics())
-    renderer = store.get(store.default)
-    spf = int(round(16_000 / package.fps))
-    n = int(np.ceil(len(audio16k) / spf))
-    stages = {s: np.zeros(n) for s in (*STAGES, "total")}
-    status = np.zeros(n, np.uint8)
-    bases = np.zeros(n, np.int64)
-    out = JpegFrames()
-    first = None
-    k = 0
-    t_start = time.perf_counter()
-    for i in range(n):
-        t0 = time.perf_counter()
-        pcm = np.zeros(spf, np.float32)
-        chunk = audio16k[i * spf:(i + 1) * spf]
-        pcm[:len(chunk)] = chunk
-        msg = AudioChunk(seq=i, sample_rate=16_000, sample_format=SampleFormat.FLOAT32,
-                         pcm=float32_to_pcm(pcm, SampleFormat.FLOAT32))
-        replies, job = session.prepare(msg)
-        if replies:
-            raise RuntimeError(f"the session answered {replies[0]}")
-        feat_ms = (time.perf_counter() - t0) * 1e3
-        jobs = [job] if job is not None else []
-        if i == n - 1:
-            jobs += [j for j in [session.prepare_flush()] if j is not None]
-        for j in jobs:
-            frames = j.run()
-            for frame, r in zip(frames, j.rendered):
-                stages["features"][k] = feat_ms / len(j.rendered)
-                stages["generator"][k] = r.render_ms
-                stages["jpeg"][k] = r.jpeg_ms
-                stages["total"][k] = stages["features"][k] + r.render_ms + r.jpeg_ms
-                status[k], bases[k] = r.status, r.base
-                if first is None:
-                    first = (time.perf_counter() - t_start) * 1e3
-                t2 = time.perf_counter()
-                out.append(frame.jpeg)
-                extra = on_frame(k, decode_jpeg(frame.jpeg), frame.bounds, r.base) if on_frame else 0.0
-                stages["paste"][k] = (time.perf_counter() - t2) * 1e3 - extra
-                k += 1
-                if progress is not None:
-                    progress.update(1)
-    wall = time.perf_counter() - t_start
-    tiers = dict(renderer.chain.served)
-    store.close()
+    try:
+        session = Session(store, Metrics())
+        renderer = store.get(store.default)
+        spf = int(round(16_000 / package.fps))
+        n = int(np.ceil(len(audio16k) / spf))
+        stages = {s: np.zeros(n) for s in (*STAGES, "total")}
+        status = np.zeros(n, np.uint8)
+        bases = np.zeros(n, np.int64)
+        out = JpegFrames()
+        first = None
+        k = 0
+        t_start = time.perf_counter()
+        for i in range(n):
+            t0 = time.perf_counter()
+            pcm = np.zeros(spf, np.float32)
+            chunk = audio16k[i * spf:(i + 1) * spf]
+            pcm[:len(chunk)] = chunk
+            msg = AudioChunk(seq=i, sample_rate=16_000, sample_format=SampleFormat.FLOAT32,
+                             pcm=float32_to_pcm(pcm, SampleFormat.FLOAT32))
+            replies, job = session.prepare(msg)
+            if replies:
+                raise RuntimeError(f"the session answered {replies[0]}")
+            feat_ms = (time.perf_counter() - t0) * 1e3
+            jobs = [job] if job is not None else []
+            if i == n - 1:
+                jobs += [j for j in [session.prepare_flush()] if j is not None]
+            for j in jobs:
+                frames = j.run()
+                for frame, r in zip(frames, j.rendered):
+                    stages["features"][k] = feat_ms / len(j.rendered)
+                    stages["generator"][k] = r.render_ms
+                    stages["jpeg"][k] = r.jpeg_ms
+                    stages["total"][k] = stages["features"][k] + r.render_ms + r.jpeg_ms
+                    status[k], bases[k] = r.status, r.base
+                    if first is None:
+                        first = (time.perf_counter() - t_start) * 1e3
+                    t2 = time.perf_counter()
+                    out.append(frame.jpeg)
+                    extra = on_frame(k, decode_jpeg(frame.jpeg), frame.bounds, r.base) if on_frame else 0.0
+                    stages["paste"][k] = (time.perf_counter() - t2) * 1e3 - extra
+                    k += 1
+                    if progress is not None:
+                        progress.update(1)
+        wall = time.perf_counter() - t_start
+        tiers = dict(renderer.chain.served)
+    finally:
+        store.close()
     return Run(generator, "in-process", bases, status, out, stages, first or 0.0, wall, peak_rss_mb(), tiers)
 
 

@@ -174,6 +174,9 @@ def sync_offset(predicted: np.ndarray, opening: np.ndarray, fps: float = 25.0, m
     if n < 2 * max_lag + 10:
         return {"offset_ms": None, "ci95": [None, None], "correlation": None, "determined": False,
                 "undetermined_because": f"only {n} frames", "curve": []}
+    if not (np.isfinite(p).all() and np.isfinite(o).all()):
+        return {"offset_ms": None, "ci95": [None, None], "correlation": None, "determined": False,
+                "undetermined_because": "NaN or infinity in the mouth openings", "curve": []}
     lags = np.arange(-max_lag, max_lag + 1)
     k = np.arange(max_lag, n - max_lag)
     a = p[k]                                       # (m,)
@@ -181,11 +184,13 @@ def sync_offset(predicted: np.ndarray, opening: np.ndarray, fps: float = 25.0, m
     curve = stats.rowwise_pearson(a[None, :], b)
     lag = _peak(curve[None, :], lags)[0]
     idx = stats.block_indices(len(k), fps, resamples)
-    boot = stats.rowwise_pearson(a[idx][:, None, :], b[:, idx].transpose(1, 0, 2))    # (R, lags)
-    boot_lag = _peak(boot, lags)
+    boot_lag = np.concatenate([_peak(stats.rowwise_pearson(a[c][:, None, :], b[:, c].transpose(1, 0, 2)), lags)
+                               for c in np.array_split(idx, max(1, len(idx) * len(k) // 2_000_000))])  # bounded memory
     lo, hi = stats.interval(-boot_lag * ms)
     best = float(curve.max())
-    if len(k) < MIN_SYNC_S * fps:
+    if p.std() < 1e-12 or o.std() < 1e-12:
+        reason = "one of the two series is constant (a still mouth, or audio without speech)"
+    elif len(k) < MIN_SYNC_S * fps:
         reason = f"only {len(k) / fps:.1f} s of frames; the offset needs {MIN_SYNC_S:g} s"
     elif best < MIN_SYNC_PEAK:
         reason = f"the mouth does not follow the audio (peak correlation {best:.2f} < {MIN_SYNC_PEAK})"
@@ -195,6 +200,9 @@ def sync_offset(predicted: np.ndarray, opening: np.ndarray, fps: float = 25.0, m
         reason = f"the 95 % interval is {hi - lo:.0f} ms wide (> {MAX_SYNC_CI_MS:.0f} ms)"
     else:
         reason = ""
+    if p.std() < 1e-12 or o.std() < 1e-12:
+        return {"offset_ms": None, "ci95": [None, None], "correlation": round(best, 4), "determined": False,
+                "undetermined_because": reason, "curve": []}
     return {"offset_ms": round(float(-lag * ms), 1), "ci95": [round(lo, 1), round(hi, 1)],
             "correlation": round(best, 4), "determined": not reason, "undetermined_because": reason or None,
             "curve": [(round(float(-L * ms), 1), round(float(c), 4)) for L, c in zip(lags, curve)]}

@@ -23,12 +23,19 @@ BLOCK_S = 1.0          # seconds per block: longer than a syllable's mouth movem
 RESAMPLES = 1000
 LEVEL = 0.95
 SEED = 0
+MIN_BLOCKS = 3         # fewer blocks than this per run and the block is shortened
 
 
 def block_indices(n: int, fps: float, resamples: int = RESAMPLES, block_s: float = BLOCK_S,
                   seed: int = SEED) -> np.ndarray:
-    """Frame indices of each resample: int64 (resamples, n)."""
-    b = int(min(max(1, round(block_s * fps)), n))
+    """Frame indices of each resample: int64 (resamples, n).
+
+    A run shorter than MIN_BLOCKS blocks uses shorter blocks (n // MIN_BLOCKS frames),
+    so resamples still differ; such intervals are rough, and the report's lengths say so.
+    """
+    if n <= 0:
+        return np.zeros((resamples, 0), np.int64)
+    b = int(max(1, min(round(block_s * fps), n // MIN_BLOCKS)))
     k = -(-n // b)
     rng = np.random.default_rng(seed)
     starts = rng.integers(0, n - b + 1, size=(resamples, k))
@@ -67,18 +74,19 @@ def mean(x: np.ndarray, idx: np.ndarray) -> tuple[float, np.ndarray]:
 
 
 def spread_ratio(gen: np.ndarray, real: np.ndarray, idx: np.ndarray | None = None,
-                 stat: Callable[[np.ndarray], np.ndarray] | None = None) -> tuple[float, np.ndarray]:
+                 stat: Callable[[np.ndarray], np.ndarray] | None = None,
+                 paired: bool = True) -> tuple[float, np.ndarray]:
     """Ratio of the spread of two series (std by default) and its bootstrap samples.
 
-    With ``idx`` None, ``real`` is an independent sample (not frame-paired): only
-    ``gen`` is resampled.
+    ``paired``: ``real`` is frame-paired with ``gen`` and resampled with it; otherwise
+    ``real`` is an independent reference and only ``gen`` is resampled.
     """
     stat = stat or (lambda x: x.std(axis=-1))
     g, r = np.asarray(gen, np.float64), np.asarray(real, np.float64)
     value = float(stat(g[None])[0] / max(float(stat(r[None])[0]), 1e-12))
     if idx is None:
         return value, np.array([])
-    if len(r) == len(g):
+    if paired:
         samples = stat(g[idx]) / np.maximum(stat(r[idx]), 1e-12)
     else:
         samples = stat(g[idx]) / max(float(stat(r[None])[0]), 1e-12)
@@ -103,7 +111,7 @@ def compare(name_a: str, name_b: str, metric: str, samples_a: np.ndarray, sample
     """Paired comparison on shared resamples: the difference a - b, its interval, and whether it excludes 0."""
     diff = np.asarray(samples_a) - np.asarray(samples_b)
     lo, hi = interval(diff)
-    apart = bool(np.isfinite(lo) and (lo > 0 or hi < 0))
+    apart = bool(np.isfinite(lo) and hi > lo and (lo > 0 or hi < 0))    # a zero-width interval says nothing
     return {"a": name_a, "b": name_b, "metric": metric, "difference": round(value_a - value_b, digits),
             "ci95": [round(lo, digits), round(hi, digits)], "distinguishable": apart,
             "verdict": (f"{name_a} {'higher' if lo > 0 else 'lower'} than {name_b}" if apart

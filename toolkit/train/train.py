@@ -158,9 +158,17 @@ def load_checkpoint(folder: Path, model: LipSyncUNet, opt: torch.optim.Optimizer
         meta = json.loads(meta_path.read_text(encoding="utf-8"))
         if meta["tensors_sha256"] != sha256_file(tensor_path):
             raise ValueError(f"{CHECKPOINT} does not belong with {CHECKPOINT_META}")
-        if ModelConfig.from_json(json.dumps(meta["model_config"])) != cfg:
-            raise InputError(f"{folder}: the checkpoint is of size {meta['model_config'].get('size')!r}, not"
-                             f" {cfg.size!r}; pass --size {meta['model_config'].get('size')} or drop --resume")
+        saved = ModelConfig.from_json(json.dumps(meta["model_config"]))
+        if saved != cfg:
+            if saved.size != cfg.size:
+                fix = f"pass --size {saved.size}"
+            elif saved.shape_dim != cfg.shape_dim:
+                fix = f"pass {'--shape' if saved.shape_dim else '--no-shape'}"
+            else:
+                fix = "the package's mouth-shape model changed since; train afresh"
+            raise InputError(f"{folder}: the checkpoint's model ({saved.size}, shape conditioning "
+                             f"{'on' if saved.shape_dim else 'off'}) differs from this run's ({cfg.size}, "
+                             f"{'on' if cfg.shape_dim else 'off'}); {fix} or drop --resume")
         with safe_open(str(tensor_path), framework="pt", device="cpu") as f:
             tensors = {k: f.get_tensor(k) for k in f.keys()}
         model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")}, strict=True)
