@@ -47,7 +47,8 @@ import numpy as np
 
 from .errors import PackageError
 from .package import MOUTH_MODEL
-from .stream import CONTEXT_ROWS, IDLE_RMS, window_features
+from .features import samples_per_frame
+from .stream import CONTEXT_ROWS, IDLE_RMS, frame_rms, window_features
 
 log = logging.getLogger("lipsync.mouth")
 
@@ -81,24 +82,11 @@ def reduce_bands(mel: np.ndarray) -> np.ndarray:
 
 
 def similarity(src: np.ndarray, dst: np.ndarray) -> np.ndarray:
-    """Least-squares similarity transform (rotation, uniform scale, shift) mapping src onto dst.
+    """Least-squares similarity transform (rotation, uniform scale, shift) mapping src (K, 2) onto dst (K, 2).
 
-    Umeyama (1991). Parameters: src, dst (K, 2). Returns a (2, 3) float64 matrix
-    for ``cv2.warpAffine`` (``x' = M[:, :2] @ x + M[:, 2]``).
+    A (2, 3) float64 matrix for ``cv2.warpAffine`` (``x' = M[:, :2] @ x + M[:, 2]``); see :func:`_align_all`.
     """
-    src, dst = src.astype(np.float64), dst.astype(np.float64)
-    mu_s, mu_d = src.mean(0), dst.mean(0)
-    s, d = src - mu_s, dst - mu_d
-    u, sig, vt = np.linalg.svd(d.T @ s / len(src))
-    sign = np.ones(2)
-    if np.linalg.det(u) * np.linalg.det(vt) < 0:
-        sign[-1] = -1
-    rot = u @ np.diag(sign) @ vt
-    scale = (sig * sign).sum() / max(s.var(0).sum(), 1e-12)
-    m = np.empty((2, 3))
-    m[:, :2] = scale * rot
-    m[:, 2] = mu_d - scale * rot @ mu_s
-    return m
+    return _align_all(np.asarray(src, np.float64)[None], np.asarray(dst, np.float64))[0]
 
 
 def _align_all(stable: np.ndarray, ref: np.ndarray) -> np.ndarray:
@@ -343,7 +331,8 @@ def fit_frames(flags: np.ndarray, train_stop: int) -> np.ndarray:
 def fit(package) -> MouthModel:
     """Fit a mouth-shape model on an open package (see :func:`fit_arrays`), bound to its landmarks."""
     return fit_arrays(package.landmarks, package.mel, package.fps, fit_frames(package.flags, package.train_range.stop),
-                      frame_rms(read_wav(Path(package.root) / "audio.wav"), package.frames), str(package.root))
+                      frame_rms(read_wav(Path(package.root) / "audio.wav"), package.frames,
+                                samples_per_frame(package.fps)), str(package.root))
 
 
 def read_wav(path: Path) -> np.ndarray:
@@ -355,16 +344,6 @@ def read_wav(path: Path) -> np.ndarray:
             return np.frombuffer(w.readframes(w.getnframes()), "<i2").astype(np.float32) / 32768.0
     except (OSError, EOFError, wave.Error) as exc:
         raise PackageError(f"{path}: unreadable ({exc}); run `lipsync-pack verify`") from None
-
-
-def frame_rms(samples: np.ndarray, frames: int) -> np.ndarray:
-    """RMS of each video frame's own samples (an even split of the audio), zero past its end."""
-    spf = len(samples) // max(frames, 1) if frames else 0
-    out = np.zeros(frames)
-    if spf:
-        x = samples[:spf * frames].reshape(frames, spf).astype(np.float64)
-        out[:] = np.sqrt((x * x).mean(1))
-    return out
 
 
 def fit_arrays(landmarks: np.ndarray, mel: np.ndarray, fps: float, frames: np.ndarray,
@@ -380,7 +359,7 @@ def fit_arrays(landmarks: np.ndarray, mel: np.ndarray, fps: float, frames: np.nd
     frames : np.ndarray [shape=(T,), dtype=int]
         Frames to fit on (:func:`fit_frames`).
     rms : np.ndarray [shape=(N,)], optional
-        Each package frame's audio RMS (:func:`frame_rms`), to find the speaker's pauses.
+        Each package frame's audio RMS (:func:`runtime.stream.frame_rms`), to find the speaker's pauses.
 
     Raises
     ------

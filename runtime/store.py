@@ -20,7 +20,7 @@ import numpy as np
 
 from .errors import InputError, PackageError
 from .generators import Chain, build_chain
-from .generators.paste import transplant
+from .generators.paste import resting
 from .jpeg import QUALITY, encode_jpeg
 from .mouth import for_package
 from .package import MANIFEST, Package
@@ -80,7 +80,7 @@ class Renderer:
         check_servable(package)
         self.name = name
         self.package = package
-        self.rest_frame = for_package(package).rest_frame   # PackageError on a damaged mouth model
+        for_package(package)                  # the mouth-shape model: PackageError now if it is damaged
         self.chain: Chain = build_chain(package, chain_spec)
         self.jpeg_quality = jpeg_quality
         self.boxes = package.boxes           # mmap, int32 [N, 4]
@@ -134,13 +134,9 @@ class Renderer:
             if any(states[j] is states[i] for j in pending):   # this session spoke earlier in the batch:
                 flush()                                         # render that before its state is reset
             self.chain.reset(states[i])
-            out[i] = self._finish(FrameStatus.IDLE, bases[i], self.resting(bases[i]), "idle")
+            out[i] = self._finish(FrameStatus.IDLE, bases[i], resting(self.package, bases[i]), "idle")
         flush()
         return out  # type: ignore[return-value]
-
-    def resting(self, base: int) -> np.ndarray:
-        """Base frame ``base`` with the speaker's resting mouth."""
-        return transplant(self.package, base, self.rest_frame)
 
     def _finish(self, status: FrameStatus, base: int, crop: np.ndarray, tier: str, render_ms: float = 0.0) -> Rendered:
         x0, y0, x1, y1 = (int(v) for v in self.boxes[base])

@@ -46,6 +46,17 @@ def rms(samples: np.ndarray) -> float:
     return float(np.sqrt(np.mean(np.square(samples, dtype=np.float64)))) if len(samples) else 0.0
 
 
+def frame_rms(samples: np.ndarray, frames: int, spf: int) -> np.ndarray:
+    """RMS of each video frame's own ``spf`` samples (full scale 1.0), zero-padded at the end: float64 (frames,).
+
+    Compare with IDLE_RMS to find silent frames, as the server does chunk by chunk.
+    """
+    x = np.zeros(frames * spf, np.float32)
+    n = min(len(samples), len(x))
+    x[:n] = samples[:n]
+    return np.sqrt(np.mean(x.reshape(frames, spf).astype(np.float64) ** 2, axis=1))
+
+
 def frame_window(mel: np.ndarray, frame: int, fps: float) -> np.ndarray:
     """The CONTEXT_ROWS mel rows of video frame ``frame``, padded with silence.
 

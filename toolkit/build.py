@@ -22,6 +22,7 @@ import numpy as np
 from tqdm import tqdm
 
 from runtime import __version__, features, mouth
+from runtime.stream import frame_rms
 from runtime.errors import FaceError, InputError
 from runtime.package import FLAG_INTERPOLATED, FLAG_LOST, FLAG_MEASURED, FORMAT_NAME, FORMAT_VERSION
 from runtime.package import sha256_file
@@ -286,8 +287,8 @@ def build_package(source: str | Path, out: str | Path, config: BuildConfig = Bui
             if len(fit_on) < mouth.MIN_FRAMES:
                 raise FaceError(f"{info.path}: only {len(fit_on)} training frames show the face; the mouth model "
                                 f"needs {mouth.MIN_FRAMES} (1 s); use a longer video or a smaller --holdout")
-            shape = mouth.fit_arrays(lm_crop, track.mel, config.fps, fit_on, mouth.frame_rms(track.wav, n),
-                                     str(info.path))
+            rms = frame_rms(track.wav, n, features.samples_per_frame(config.fps))
+            shape = mouth.fit_arrays(lm_crop, track.mel, config.fps, fit_on, rms, str(info.path))
             writer.path(mouth.MOUTH_FILE).write_bytes(shape.to_bytes())
         with clock.stage("preview"):
             tiles = [preview.tile(frames[i], crops[i], smoothed.boxes[i], lm_crop[i], flags[i], region, i) for i in keep]

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from runtime.errors import InputError
-from runtime.package import MANIFEST, sha256_file, validate_manifest
+from runtime.package import MANIFEST, read_manifest, sha256_file, validate_manifest
 
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 MEDIA_TYPES = {".wav": "audio/wav", ".mp4": "video/mp4", ".png": "image/png",
@@ -44,6 +44,29 @@ def write_bytes_atomic(path: Path, data: bytes) -> None:
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)
+
+
+def record_file(root: Path, name: str, extra_key: str, extra: dict, min_version: str | None = None) -> str:
+    """Record file ``name``, already renamed into place in the published package ``root``, in its manifest.
+
+    The spec's rule for changing a published package (docs/package-format.md, Writing rules):
+    the file is written atomically first, then the manifest is rewritten atomically with the
+    file's entry in ``files``, ``extra[extra_key]`` and, with ``min_version``, a format version of
+    at least that minor. Returns the file's sha256.
+    """
+    path = root / name
+    digest = sha256_file(path)
+    manifest = read_manifest(root)
+    manifest["files"][name] = {"sha256": digest, "bytes": path.stat().st_size,
+                               "media_type": MEDIA_TYPES.get(path.suffix, "application/octet-stream")}
+    manifest.setdefault("extra", {})[extra_key] = extra
+    if min_version is not None:
+        have = tuple(int(v) for v in manifest["format_version"].split("."))
+        if have < tuple(int(v) for v in min_version.split(".")):
+            manifest["format_version"] = min_version
+    validate_manifest(manifest, "manifest being written")
+    write_bytes_atomic(root / MANIFEST, (json.dumps(manifest, indent=2) + "\n").encode())
+    return digest
 
 
 class PackageWriter:

@@ -18,10 +18,10 @@ import numpy as np
 
 from ..errors import PackageError
 from ..package import NEURAL_WEIGHTS as WEIGHTS
-from ..package import Package
 from ..mouth import for_package
+from ..package import Package
 from .base import Generator, Request
-from .paste import blend, transplant
+from .paste import blend, resting
 
 THREADS_ENV = "LIPSYNC_RENDER_THREADS"     # render processes set 1: one core each
 COMPILE_ENV = "LIPSYNC_TORCH_COMPILE"      # "1": torch.compile the model (measured 1.35x faster on CPU,
@@ -55,7 +55,6 @@ class NeuralGenerator(Generator):
             self.model = torch.compile(self.model)
         self._torch = torch
         self.mouth = for_package(package)
-        self.rest_frame = self.mouth.rest_frame
         if self.cfg.shape_dim and self.cfg.shape_dim != self.mouth.components.shape[0]:
             raise PackageError(f"{package.root / WEIGHTS}: trained on {self.cfg.shape_dim} mouth-shape coefficients, "
                                f"the package's mouth model has {self.mouth.components.shape[0]}; retrain")
@@ -73,5 +72,5 @@ class NeuralGenerator(Generator):
             pred = self.model(images.to(self.device), mel.to(self.device), shape)         # (B, 3, px, px)
         out = list(to_crops(pred, crops, self.cfg))
         # easing into or out of silence: fade towards the resting mouth
-        return [blend(o, transplant(self.package, r.base, self.rest_frame), r.rest) if r.rest > 0 else o
+        return [blend(o, resting(self.package, r.base), r.rest) if r.rest > 0 else o
                 for o, r in zip(out, requests)]

@@ -19,7 +19,7 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-from ..mouth import STABLE, similarity
+from ..mouth import STABLE, for_package, similarity
 from ..package import FLAG_LOST
 
 FEATHER = 0.025                # mask blur sigma as a fraction of the crop size (8 px at 328)
@@ -47,6 +47,11 @@ def transplant(package, base: int, source: int) -> np.ndarray:
     roi = out[y0:y1, x0:x1].astype(np.float32)
     out[y0:y1, x0:x1] = np.clip(roi + mask[..., None] * (warped - roi) + 0.5, 0, 255).astype(np.uint8)
     return out
+
+
+def resting(package, base: int) -> np.ndarray:
+    """Base frame ``base`` with the speaker's resting mouth (the mouth-shape model's ``rest_frame``)."""
+    return transplant(package, base, for_package(package).rest_frame)
 
 
 def blend(a: np.ndarray, b: np.ndarray, weight: float) -> np.ndarray:

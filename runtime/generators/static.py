@@ -10,17 +10,12 @@ from typing import Sequence
 
 import numpy as np
 
-from ..mouth import for_package
 from .base import Generator, Request
-from .paste import transplant
+from .paste import resting
 
 
 class StaticGenerator(Generator):
     name = "static"
 
-    def __init__(self, package):
-        super().__init__(package)
-        self.rest_frame = for_package(package).rest_frame
-
     def render(self, requests: Sequence[Request]) -> list[np.ndarray]:
-        return [transplant(self.package, r.base, self.rest_frame) for r in requests]
+        return [resting(self.package, r.base) for r in requests]

@@ -15,7 +15,7 @@ from runtime.package import Package, verify
 from runtime.protocol import AudioChunk, FrameStatus, float32_to_pcm
 from runtime.session import Session
 from runtime.store import Metrics, PackageStore
-from runtime.stream import IDLE_RMS, window_features
+from runtime.stream import IDLE_RMS, frame_rms, window_features
 
 
 def test_build_stores_a_model_that_predicts_held_out_mouths(built):
@@ -31,7 +31,7 @@ def test_build_stores_a_model_that_predicts_held_out_mouths(built):
     rest = model.opening(model.rest_coefficients[None])[0]
     assert rest < np.median(real) and rest < 0.03                 # closed (0.04 counts as open), relaxed
     assert model.rest_frame in pkg.usable_train_frames
-    rms = mouth.frame_rms(mouth.read_wav(pkg.root / "audio.wav"), pkg.frames)
+    rms = frame_rms(mouth.read_wav(pkg.root / "audio.wav"), pkg.frames, 640)
     assert rms[model.rest_frame] < IDLE_RMS                       # taken from one of the speaker's pauses
 
 

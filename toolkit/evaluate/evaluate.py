@@ -36,7 +36,7 @@ from runtime.errors import InputError, LipsyncError, PackageError
 from runtime.generators import GENERATORS, has_weights
 from runtime.mouth import for_package as mouth_model
 from runtime.package import Package
-from runtime.stream import IDLE_RMS
+from runtime.stream import IDLE_RMS, frame_rms
 from runtime.store import base_frame
 
 from .. import video
@@ -271,7 +271,7 @@ def _speaking_opening(pkg: Package, meter, progress: bool, limit: int = 300) -> 
     frames = pkg.usable_train_frames
     wav = video.read_audio(pkg.root / "audio.wav", SAMPLE_RATE)
     spf = SAMPLE_RATE // int(round(pkg.fps))
-    rms = quality.frame_rms(wav, pkg.frames, spf)
+    rms = frame_rms(wav, pkg.frames, spf)
     frames = frames[rms[frames] >= IDLE_RMS]
     if len(frames) < 10:
         return None
@@ -332,7 +332,7 @@ def evaluate(package: str | Path, audio: str | Path | None = None, config: EvalC
         backend = create_backend(config.landmarks)
         meter = quality.MouthMeter(backend, pkg)
         env = quality.audio_envelope(samples, frames, pkg.fps)
-        rms = quality.frame_rms(samples, frames, spf)
+        rms = frame_rms(samples, frames, spf)
         y = Yardstick(pkg, samples, rms, quality.predicted_opening(mouth_model(pkg), samples, frames, pkg.fps),
                       tuple(int(round(v)) for v in pkg.manifest["crop"]["mouth_region"]),
                       stats.block_indices(frames, pkg.fps), syncnet=syncnet)

@@ -30,6 +30,7 @@ import cv2
 import numpy as np
 
 from runtime import features as F
+from runtime import mouth
 from runtime.stream import IDLE_RMS, window_features
 
 from . import stats
@@ -40,7 +41,7 @@ MIN_SYNC_PEAK = 0.15           # a peak correlation below this says nothing abou
 MAX_SYNC_CI_MS = 120.0         # an offset whose 95 % interval is wider than this is reported as undetermined
 MIN_SYNC_S = 4.0               # seconds of frames the offset needs (several bootstrap blocks)
 ENVELOPE_BANDS = slice(5, 45)  # mel bands of the audio envelope (~150-2300 Hz: voiced speech)
-INNER_PAIRS = ((61, 67), (62, 66), (63, 65))
+INNER_PAIRS = tuple((a + 48, b + 48) for a, b in mouth.INNER_PAIRS)   # 61-67, 62-66, 63-65
 MOUTH = slice(48, 68)
 
 
@@ -115,14 +116,6 @@ def ssim(a: np.ndarray, b: np.ndarray) -> float:
     num = (2 * mu_a * mu_b + c1) * (2 * cov + c2)
     den = (mu_a ** 2 + mu_b ** 2 + c1) * (var_a + var_b + c2)
     return float(np.mean(num / den))
-
-
-def frame_rms(audio16k: np.ndarray, frames: int, spf: int = 640) -> np.ndarray:
-    """RMS of each frame's own samples (full scale 1.0), zero-padded at the end."""
-    x = np.zeros(frames * spf, np.float32)
-    n = min(len(audio16k), len(x))
-    x[:n] = audio16k[:n]
-    return np.sqrt(np.mean(x.reshape(frames, spf).astype(np.float64) ** 2, axis=1))
 
 
 def audio_envelope(audio16k: np.ndarray, frames: int, fps: float = 25.0) -> np.ndarray:

@@ -52,9 +52,9 @@ from tqdm import tqdm
 from runtime.errors import InputError, LipsyncError, PackageError
 from runtime.neural.model import SIZES, LipSyncUNet, ModelConfig, prepare_inputs, save_weights
 from runtime.mouth import MOUTH_FILE
-from runtime.package import MANIFEST, Package, read_manifest, sha256_file, validate_manifest
+from runtime.package import Package, sha256_file
 from runtime.package import NEURAL_WEIGHTS as WEIGHTS  # in the package, listed in manifest files
-from toolkit.writer import MEDIA_TYPES, write_bytes_atomic
+from toolkit.writer import record_file, write_bytes_atomic
 
 from .dataset import PackageDataset, collate, step_batches
 from .mouth import refit as refit_mouth
@@ -191,17 +191,12 @@ def publish(root: Path, model: LipSyncUNet, cfg: ModelConfig, config: TrainConfi
     path = root / WEIGHTS
     save_weights(model, cfg, path, metadata={"steps": state["step"], "final_loss": f"{final_loss:.6f}"})
     digest = sha256_file(path)
-    manifest = read_manifest(root)
-    manifest["files"][WEIGHTS] = {"sha256": digest, "bytes": path.stat().st_size,
-                                  "media_type": MEDIA_TYPES[".safetensors"]}
-    manifest.setdefault("extra", {})["neural"] = {
+    record_file(root, WEIGHTS, "neural", {
         "file": WEIGHTS, "sha256": digest, "config": json.loads(cfg.to_json()),
         "train": asdict(config), "steps": state["step"], "seconds": round(state["seconds"], 2),
         "final_loss": round(final_loss, 6) if math.isfinite(final_loss) else None,
         "trained": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
-    }
-    validate_manifest(manifest, "manifest being written")
-    write_bytes_atomic(root / MANIFEST, (json.dumps(manifest, indent=2) + "\n").encode())
+    })
     return path, digest
 
 
