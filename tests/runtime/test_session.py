@@ -99,6 +99,7 @@ def test_a_batch_renders_as_frames_one_by_one(packages_dir, speech):
     batch = renderer.render(bases, mels, [batch_state] * 9, silent)
     assert [r.status for r in batch] == [r.status for r in one] and one[5].status == FrameStatus.IDLE
     assert [r.jpeg for r in batch] == [r.jpeg for r in one]
+    assert batch_state["retrieval"].prev == one_state["retrieval"].prev >= 0    # the speech after the pause counts
 
 
 def test_a_single_package_folder_may_have_any_name(built, tmp_path, speech):
