@@ -27,9 +27,10 @@ audio the fold never saw. Seconds on CPU for minutes of video.
 
 **Resting mouth.** ``rest_frame``: the speaker's own mouth when they are not
 talking. Among the fitted frames whose audio is silent (RMS under the
-server's IDLE_RMS), the more closed half; the one nearest their median shape
-is the rest frame: a closed, relaxed mouth, as the speaker holds it in pauses
-(not pressed shut). Clips with fewer than REST_MIN_QUIET silent frames use the
+server's IDLE_RMS), the most closed REST_QUIET_QUANTILE; the one nearest their
+median shape is the rest frame: lips together and relaxed, as the speaker
+holds them in pauses (the median pause on cnn_71s showed teeth; the most
+closed tenth pressed the lips). Clips with fewer than REST_MIN_QUIET silent frames use the
 least open REST_QUANTILE of all fitted frames instead.
 """
 
@@ -66,6 +67,7 @@ FOLDS = 5
 CALIBRATION_KEYS = 4000             # keys per fold in _calibrate_scale (distance matrix rows x this)
 SCALE_GRID = (1.0, 1.25, 1.5, 1.75, 2.0, 2.5, 3.0)   # widening of predictions tried by _calibrate_scale
 REST_QUANTILE = 0.10
+REST_QUIET_QUANTILE = 0.25           # the most closed quarter of the pauses: lips together, no teeth
 REST_MIN_QUIET = 10                  # silent frames needed to take the rest mouth from the speaker's pauses
 AUDIO_REACH = 3                      # frames: a window reaches 112.5 ms (< 3 frames) past its frame's start
 MIN_FRAMES = 25                      # fewer usable training frames (1 s) than this cannot be fitted
@@ -407,7 +409,7 @@ def fit_arrays(landmarks: np.ndarray, mel: np.ndarray, fps: float, frames: np.nd
     # resting mouth: the most typical of the speaker's closed mouths in pauses
     quiet = np.flatnonzero(np.asarray(rms)[frames] < IDLE_RMS) if rms is not None else np.array([], np.int64)
     if len(quiet) >= REST_MIN_QUIET:
-        low = quiet[true_open[quiet] <= np.median(true_open[quiet])]
+        low = quiet[true_open[quiet] <= np.quantile(true_open[quiet], REST_QUIET_QUANTILE)]
     else:
         low = np.flatnonzero(true_open <= np.quantile(true_open, REST_QUANTILE))
     median = np.median(lips[low], axis=0)
