@@ -158,15 +158,18 @@ t_import = time.perf_counter()
 import json, sys
 import numpy as np
 from runtime.protocol import AudioChunk, Frame, float32_to_pcm
+from runtime.metrics import Metrics
+from runtime.render import Renderers
 from runtime.session import Session
-from runtime.store import Metrics, PackageStore
+from runtime.store import PackageStore
 t0 = time.perf_counter()
 chunks = np.load(sys.argv[2])                          # 3 x 640 float32: frame 0 and its look-ahead
 store = PackageStore(sys.argv[1])
-renderer = store.get(store.default)
+renderers = Renderers(store)
+renderer = renderers.get(store.default)
 t_open = time.perf_counter()
 metrics = Metrics()
-session = Session(store, metrics)
+session = Session(store, metrics, renderers=renderers)
 out = []
 for i, c in enumerate(chunks):
     out += session.handle(AudioChunk(seq=i, pcm=float32_to_pcm(c)))
@@ -245,8 +248,10 @@ RSS_SCRIPT = """
 import gc, json, sys
 import numpy as np
 from runtime.protocol import AudioChunk, Frame, float32_to_pcm
+from runtime.metrics import Metrics
+from runtime.render import Renderers
 from runtime.session import Session
-from runtime.store import Metrics, PackageStore
+from runtime.store import PackageStore
 
 def status():
     out = {}
@@ -259,12 +264,13 @@ def status():
 chunks, frames_each = np.load(sys.argv[2]), int(sys.argv[3])
 msgs = [AudioChunk(seq=i, pcm=float32_to_pcm(c)) for i, c in enumerate(chunks)]
 store = PackageStore(sys.argv[1])
+renderers = Renderers(store)
 metrics = Metrics()
 gc.collect()
 steps, sessions = [status()], []
 for name in store.names():
-    renderer = store.get(name)
-    session = Session(store, metrics, package=name)
+    renderer = renderers.get(name)
+    session = Session(store, metrics, package=name, renderers=renderers)
     got = sum(isinstance(m, Frame) for msg in msgs for m in session.handle(msg))
     assert got == frames_each, got
     sessions.append(session)              # keep each session (and its generator state) alive
@@ -320,20 +326,24 @@ def test_open_packages_rss(benchmark, built, tmp_path):
 @pytest.mark.parametrize("generator", ["static", "retrieval"])
 def test_generator_frame_time(benchmark, built, generator):
     from runtime.protocol import AudioChunk, Frame, FrameStatus, float32_to_pcm
+    from runtime.metrics import Metrics
+    from runtime.options import RenderOptions
+    from runtime.render import Renderers, base_frame
     from runtime.session import Session
-    from runtime.store import Metrics, PackageStore
+    from runtime.store import PackageStore
     from runtime.stream import AudioStream
 
     n_frames = 750                                     # 30 s of eng.wav
-    store = PackageStore(built(PACKAGE).path, chain="static" if generator == "static" else "retrieval,static")
-    renderer = store.get(store.default)
+    store = PackageStore(built(PACKAGE).path)
+    renderers = Renderers(store, RenderOptions(chain="static" if generator == "static" else "retrieval,static"))
+    renderer = renderers.get(store.default)
     chunks = speech_chunks(n_frames)
     msgs = [AudioChunk(seq=i, pcm=float32_to_pcm(c)) for i, c in enumerate(chunks)]
     out: dict = {}
 
     def run():
         metrics = Metrics()
-        session = Session(store, metrics)
+        session = Session(store, metrics, renderers=renderers)
         frames = []
         for msg in msgs:
             frames += session.handle(msg)
@@ -364,13 +374,14 @@ def test_generator_frame_time(benchmark, built, generator):
                 renderer.chain.reset(state)
                 continue
             t = time.perf_counter()
-            crops, tier = renderer.chain.render([renderer.base_frame(fa.index)], [fa.mel], [state])
+            crops, tier = renderer.chain.render([base_frame(renderer.package, fa.index)], [fa.mel], [state])
             t1 = time.perf_counter()
             ok_, buf = cv2.imencode(".jpg", cv2.cvtColor(crops[0], cv2.COLOR_RGB2BGR), params)
             t2 = time.perf_counter()
             assert ok_ and tier == generator
             gen_us.append((t1 - t) * 1e6)
             jpeg_us.append((t2 - t1) * 1e6)
+    renderers.close()
     store.close()
 
     benchmark.extra_info.update({
@@ -390,8 +401,9 @@ def test_generator_frame_time(benchmark, built, generator):
 def sample_messages(built):
     """A real FRAME from the retrieval tier (German_20s, eng.wav) and a real 40 ms AUDIO_CHUNK."""
     from runtime.protocol import AudioChunk, Frame, FrameStatus, float32_to_pcm
+    from runtime.metrics import Metrics
     from runtime.session import Session
-    from runtime.store import Metrics, PackageStore
+    from runtime.store import PackageStore
 
     store = PackageStore(built(PACKAGE).path)
     session = Session(store, Metrics())

@@ -1,8 +1,12 @@
 """The asyncio server: websocket sessions and a few HTTP routes on one port.
 
-A thin layer over :mod:`runtime.session` (what to answer) and
-:mod:`runtime.protocol` (bytes): this module only moves messages between
-sockets, worker threads and per-session queues.
+A thin layer over :mod:`runtime.session` (what to answer),
+:mod:`runtime.workers` (render processes) and :mod:`runtime.protocol`
+(bytes): this module reads a message, decodes it, lets the connection's
+:class:`runtime.session.Session` answer it, has the render processes render
+the frames it makes due, encodes the replies and queues them for sending.
+
+:func:`serve` is the API that ``lipsync-serve``, tests and embedders call.
 
 HTTP routes (GET only)::
 
@@ -24,7 +28,6 @@ import asyncio
 import email.utils
 import hmac
 import http
-import ipaddress
 import json
 import logging
 import mimetypes
@@ -32,22 +35,26 @@ import re
 import signal
 import time
 from collections import deque
-from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
-from websockets.asyncio.server import ServerConnection, serve
+from websockets.asyncio.server import ServerConnection
+from websockets.asyncio.server import serve as websocket_serve
 from websockets.datastructures import Headers
 from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
 from . import __version__
-from .errors import InputError
+from .errors import LipsyncError
+from .metrics import Metrics
+from .mouth import for_package
+from .options import ServeOptions
 from .package import read_manifest
-from .protocol import (MAX_MESSAGE_BYTES, ErrorCode, Hello, Message, ProtocolError, Stats, StatsRequest,
-                       decode, decode_json, encode_as, error_reply)
-from .store import Metrics, PackageStore
-from .workers import WorkerDied, WorkerPool
+from .protocol import ErrorCode, Frame, Message, ProtocolError, decode, decode_json, encode_as, error_reply
+from .render import check_servable
+from .session import Session
+from .store import PackageStore
+from .workers import RenderFailed, WorkerDied, WorkerPool
 
 log = logging.getLogger("lipsync.server")
 
@@ -55,39 +62,6 @@ WEB_DIR = Path(__file__).with_name("web")
 STATIC = {"/": "index.html", "/index.html": "index.html", "/app.js": "app.js", "/style.css": "style.css"}
 VIDEO_RE = re.compile(r"^/packages/([^/]+)/video$")
 RANGE_RE = re.compile(r"^bytes=(\d*)-(\d*)$")
-
-
-@dataclass(frozen=True)
-class ServerConfig:
-    """How a server runs; the CLI fills it from its options."""
-
-    host: str = "127.0.0.1"                  # loopback unless asked otherwise
-    port: int = 8765                         # 0 = any free port
-    token: str | None = None                 # required for non-loopback hosts
-    chain: str | None = None                 # generator chain, e.g. "retrieval,static"; None = default
-    max_message_bytes: int = MAX_MESSAGE_BYTES
-    queue_frames: int = 32                   # per-session outgoing frames before the oldest is dropped
-    flush_ms: int = 120                      # answer look-ahead-pending chunks after this much quiet
-    workers: int = 2                         # render processes (one per core here)
-    max_sessions: int = 64
-    jpeg_quality: int = 85
-    drain_s: float = 1.0                     # SIGTERM: time to send queued frames before closing
-
-    def check(self) -> None:
-        if not is_loopback(self.host) and not self.token:
-            raise InputError(f"--host {self.host} is reachable from other machines; set --token SECRET "
-                             "(clients then pass ?token=SECRET), or bind 127.0.0.1")
-        if not 0 <= self.port <= 65535:
-            raise InputError(f"--port {self.port} is not a TCP port; expected 0 ... 65535")
-
-
-def is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 class OutQueue:
@@ -101,7 +75,8 @@ class OutQueue:
         self.limit = limit
         self.metrics = metrics
         self.items: deque[tuple[bool, bytes | str]] = deque()
-        self.frames = 0
+        self.frames = 0              # frames queued now
+        self.frames_out = 0          # frames queued in all
         self.dropped = 0
         self.ready = asyncio.Event()
 
@@ -116,6 +91,7 @@ class OutQueue:
                         self.metrics.count("dropped")
                         break
             self.frames += 1
+            self.frames_out += 1
         self.items.append((is_frame, data))
         self.ready.set()
 
@@ -145,12 +121,12 @@ class LipsyncServer:
     Use ``await server.start()``, then ``await server.stop()``; or :func:`run`.
     """
 
-    def __init__(self, store: PackageStore, config: ServerConfig = ServerConfig()):
-        config.check()
+    def __init__(self, store: PackageStore, options: ServeOptions = ServeOptions()):
+        options.check()
         self.store = store
-        self.config = config
+        self.config = options
         self.metrics = Metrics()
-        self.pool = WorkerPool(store.path, self.metrics, config.workers, config.chain, config.jpeg_quality)
+        self.pool = WorkerPool(store.path, options.workers, options.render)
         self._server = None
         self._sessions: dict[asyncio.Task, OutQueue] = {}     # each session's task and outgoing queue
         self.port: int | None = None
@@ -159,7 +135,7 @@ class LipsyncServer:
 
     async def start(self) -> None:
         await self.pool.start()
-        self._server = await serve(
+        self._server = await websocket_serve(
             self._connection, self.config.host, self.config.port,
             process_request=self._http, max_size=self.config.max_message_bytes,
             compression=None, max_queue=8, ping_interval=20, ping_timeout=20, close_timeout=1,
@@ -270,65 +246,48 @@ class LipsyncServer:
         self._sessions[task] = queue
         self.metrics.count("sessions_active")
         self.metrics.count("sessions_total")
-        state = {"encoding": "binary", "pending": 0, "frames": 0}
-        sender = asyncio.create_task(self._send_loop(ws, queue, state))
+        session = Session(self.store, self.metrics)
+        sender = asyncio.create_task(self._send_loop(ws, queue))
         peer = ws.remote_address
-        try:
-            worker, sid = self.pool.open()
-        except WorkerDied as exc:
-            await ws.close(1011, str(exc)[:120])
-            worker = None
         log.info("session open from %s", peer)
         try:
-            if worker is not None:
-                await self._receive_loop(ws, queue, state, worker, sid)
+            await self._receive_loop(ws, queue, session)
         except ConnectionClosed:
             pass
-        except WorkerDied as exc:
-            log.error("session from %s lost its render process: %s", peer, exc)
-            queue.put(False, self._encode(error_reply(ProtocolError(ErrorCode.INTERNAL, str(exc))), state))
-            await asyncio.sleep(0.05)
-            await ws.close(1011, "render process died")
         finally:
             sender.cancel()
-            if worker is not None:
-                self.pool.close(worker, sid)
             self.metrics.count("sessions_active", -1)
             self._sessions.pop(task, None)
-            log.info("session closed from %s: %d frames out, %d dropped", peer, state["frames"], queue.dropped)
+            log.info("session closed from %s: %d frames out, %d dropped", peer, queue.frames_out, queue.dropped)
 
-    @staticmethod
-    def _encode(msg: Message, state: dict) -> bytes | str:
-        return encode_as(msg, state["encoding"])
-
-    async def _receive_loop(self, ws: ServerConnection, queue: OutQueue, state: dict, worker, sid: int) -> None:
+    async def _receive_loop(self, ws: ServerConnection, queue: OutQueue, session: Session) -> None:
         max_size = self.config.max_message_bytes
         while True:
-            timeout = self.config.flush_ms / 1000 if state["pending"] else None
+            timeout = self.config.flush_ms / 1000 if session.pending else None
             try:
                 data = await asyncio.wait_for(ws.recv(), timeout)
             except TimeoutError:
-                reply = await self.pool.call(worker, sid, "flush")
+                replies, work = [], session.prepare_flush()
             else:
                 received = time.perf_counter()
                 try:
                     msg = decode(data, max_size) if isinstance(data, bytes) else decode_json(data, max_size)
                 except ProtocolError as exc:
                     self.metrics.error(exc.code.name)
-                    queue.put(False, self._encode(error_reply(exc), state))
+                    queue.put(False, encode_as(error_reply(exc), session.encoding))
                     continue
-                if isinstance(msg, StatsRequest):         # the counters live here, not in the workers
-                    queue.put(False, self._encode(Stats(seq=msg.seq, stats=self.metrics.snapshot()), state))
-                    continue
-                if isinstance(msg, Hello):
-                    state["encoding"] = msg.encoding
-                reply = await self.pool.call(worker, sid, "msg", msg, received)
-            state["pending"] = reply.pending
-            for is_frame, out in reply.out:
-                state["frames"] += is_frame
-                queue.put(is_frame, out)
+                replies, work = session.prepare(msg, received)
+            if work is not None:
+                try:
+                    rendered = await self.pool.render(work.job)
+                except (WorkerDied, RenderFailed) as exc:
+                    log.error("session from %s: %s", ws.remote_address, exc)
+                    rendered = exc
+                replies += session.finish(work, rendered)
+            for reply in replies:
+                queue.put(isinstance(reply, Frame), encode_as(reply, session.encoding))
 
-    async def _send_loop(self, ws: ServerConnection, queue: OutQueue, state: dict) -> None:
+    async def _send_loop(self, ws: ServerConnection, queue: OutQueue) -> None:
         while True:
             await queue.ready.wait()
             data = queue.pop()
@@ -340,9 +299,29 @@ class LipsyncServer:
                 return
 
 
-async def serve_until_signal(store: PackageStore, config: ServerConfig, ready=None) -> None:
-    """Run until SIGTERM or SIGINT, then drain and stop (within about 2 s)."""
-    server = LipsyncServer(store, config)
+def check_packages(store: PackageStore) -> list[str]:
+    """Open every package now, so that a broken one shows at start, not mid-session.
+
+    A single package that cannot serve raises its PackageError; in a folder of
+    packages, broken ones are skipped with a warning. Returns the servable names.
+    """
+    good = []
+    for name in store.names():
+        try:
+            package = store.get(name)
+            check_servable(package)
+            for_package(package)            # the mouth-shape model (fitted now for format 1.0 packages)
+        except LipsyncError as exc:
+            if store.single:
+                raise
+            log.warning("skipping %s: %s", name, exc)
+            continue
+        good.append(name)
+    return good
+
+
+async def serve_until_signal(server: LipsyncServer, ready=None) -> None:
+    """Start ``server``, run until SIGTERM or SIGINT, then drain and stop (within about 2 s)."""
     await server.start()
     if ready is not None:
         ready(server)
@@ -353,3 +332,17 @@ async def serve_until_signal(store: PackageStore, config: ServerConfig, ready=No
     await stop.wait()
     log.info("signal received: draining")
     await asyncio.wait_for(server.stop(), timeout=1.8)
+
+
+def serve(path, options: ServeOptions = ServeOptions(), ready=None) -> None:
+    """Serve the package (or folder of packages) at ``path`` until SIGTERM or SIGINT.
+
+    Checks everything before listening: the options (InputError naming the
+    option), the folder (InputError) and each package (:func:`check_packages`).
+    Raises OSError when the port cannot be bound. ``ready(server)`` is called
+    once it listens (``server.port``, ``server.store.names()``).
+    """
+    options.check()
+    store = PackageStore(path)
+    check_packages(store)
+    asyncio.run(serve_until_signal(LipsyncServer(store, options), ready))

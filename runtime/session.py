@@ -1,16 +1,26 @@
 """One client's session, without any I/O: protocol messages in, protocol messages out.
 
-The server (:mod:`runtime.server`) reads a websocket message, decodes it,
-hands it to :meth:`Session.handle` in a worker thread and sends what comes
-back. Everything a session decides lives here, so tests and ``lipsync-eval``
-can drive it without sockets.
+A session owns everything about one stream: the reply encoding, the package in
+use, the audio ring buffer, the seqs waiting for look-ahead, the ping-pong tick
+and the render state (each tier's state, the resting-mouth weight). It lives
+in the server process (:mod:`runtime.server`), which reads a websocket
+message, decodes it and asks the session what to answer:
+
+* :meth:`Session.prepare` gives the immediate replies (CAPABILITIES, STATS,
+  ERROR) and, when frames are due, a :class:`Work` whose ``job`` is rendered
+  elsewhere: by the render processes (:mod:`runtime.workers`) when serving, or
+  in this process by :class:`runtime.render.Renderers` (tests, ``lipsync-eval``);
+* :meth:`Session.finish` turns the rendered frames into FRAME messages, takes
+  back the render state and counts them in the server's metrics.
+
+:meth:`Session.handle` and :meth:`Session.flush` do both in this process.
 
 Streaming mode: AUDIO_CHUNK ``k`` (40 ms) is answered by the FRAME for video
 frame ``k``, with the chunk's seq, once chunk ``k + LOOKAHEAD_CHUNKS`` has
 arrived (see :mod:`runtime.stream`), or when the client goes quiet and the
-server calls :meth:`Session.flush`. Base frames advance ping-pong through the
-package's training frames, one per frame, so the head keeps moving
-(:meth:`runtime.store.Renderer.base_frame`).
+server calls :meth:`Session.prepare_flush`. Base frames advance ping-pong
+through the package's training frames, one per frame, so the head keeps moving
+(:func:`runtime.render.base_frame`).
 """
 
 from __future__ import annotations
@@ -18,17 +28,28 @@ from __future__ import annotations
 import time
 from collections import deque
 from dataclasses import dataclass
-from typing import Callable
 
-import numpy as np
-
+from .errors import LipsyncError
+from .metrics import Metrics
 from .protocol import (CHUNK_MS, WINDOW_MS, AudioChunk, Capabilities, Error, ErrorCode, Frame, Hello,
                        Message, ProtocolError, Stats, StatsRequest, SwitchPackage, WindowRequest,
                        pcm_to_float32)
-from .store import Metrics, PackageStore, Rendered, Renderer
+from .render import REST_KEY, Rendered, Renderers, RenderJob, base_frame
+from .store import PackageStore
+from .features import SAMPLE_RATE
 from .stream import IDLE_RMS, AudioStream, Resampler, rms, window_from_pcm
 
 OVERLOAD_S = 0.15       # a message that waited this long before work began is rendered by the cheapest tier
+
+
+@dataclass
+class Work:
+    """Frames a message made due: the job to render and what the session needs to answer it."""
+
+    job: RenderJob
+    seqs: list[int]              # one per frame
+    started: float               # perf_counter when the message arrived (server_us counts from here)
+    stream: bool                 # streaming frames: the session takes back the job's render state
 
 
 class Session:
@@ -38,69 +59,55 @@ class Session:
     ----------
     store : PackageStore
     metrics : Metrics
+        The server's counters; frames and errors are counted as they are answered.
     package : str, optional
         Initial package; the store's default if None.
+    renderers : Renderers, optional
+        Renders for :meth:`handle` and :meth:`flush` (made on first use if None).
     """
 
-    def __init__(self, store: PackageStore, metrics: Metrics, package: str | None = None):
+    def __init__(self, store: PackageStore, metrics: Metrics, package: str | None = None,
+                 renderers: Renderers | None = None):
         self.store = store
         self.metrics = metrics
+        self.renderers = renderers
         self.encoding = "binary"
         self.package = package or store.default
-        self._renderer: Renderer | None = None
-        self._states: dict | None = None
+        self.state: dict = {}                      # render state for self.package ({} = fresh, at rest)
         self.audio = AudioStream(fps=1000 / CHUNK_MS)
         self.chunk_seqs: deque[int] = deque()      # seq of each chunk whose frame is not out yet
         self.tick = 0                              # frames sent in streaming mode (drives ping-pong)
-        self.frames_out = 0
 
-    # ------------------------------------------------------------ helpers
+    @property
+    def pending(self) -> int:
+        """Chunks waiting for look-ahead (the server flushes them after a quiet spell)."""
+        return len(self.chunk_seqs)
 
-    def _use(self, name: str) -> Renderer:
-        """Switch to package ``name`` (KeyError if unknown); resets generator state."""
-        renderer = self.store.get(name)
-        if renderer is not self._renderer:
-            self._renderer, self.package = renderer, name
-            self._states = renderer.new_state()
-        return renderer
+    # ------------------------------------------------------------ in this process
 
-    def _error(self, code: ErrorCode, text: str, seq: int) -> Error:
-        self.metrics.error(code.name)
-        return Error(seq=seq, code=code, text=text[:1024])
+    def handle(self, msg: Message, received_at: float | None = None) -> list[Message]:
+        """Answer one decoded message, rendering here. Never raises for a client's mistake: it answers ERROR."""
+        replies, work = self.prepare(msg, received_at)
+        return replies + (self.render_here(work) if work is not None else [])
 
-    def _frame(self, seq: int, r: Rendered, started: float, package: str) -> Frame:
-        us = int((time.perf_counter() - started) * 1e6)
-        self.metrics.frame(package, us, r.status, r.tier)
-        self.frames_out += 1
-        return Frame(seq=seq, status=r.status, base_frame=r.base, server_us=min(us, 0xFFFF_FFFF),
-                     bounds=r.bounds, jpeg=r.jpeg)
+    def flush(self) -> list[Message]:
+        """The client went quiet: answer the chunks still waiting for look-ahead, rendering here."""
+        work = self.prepare_flush()
+        return self.render_here(work) if work is not None else []
 
-    @staticmethod
-    def _check_duration(msg, n_samples: int, ms: int) -> None:
-        want = msg.sample_rate * ms // 1000
-        if n_samples != want:
-            raise ProtocolError(ErrorCode.BAD_AUDIO, f"{type(msg).__name__} holds {n_samples} samples at "
-                                f"{msg.sample_rate} Hz; expected {ms} ms = {want} samples", msg.seq)
+    def render_here(self, work: Work) -> list[Message]:
+        if self.renderers is None:
+            self.renderers = Renderers(self.store)
+        return self.finish(work, self.renderers.render([work.job])[0])
 
     # ------------------------------------------------------------ dispatch
 
-    def handle(self, msg: Message, received_at: float | None = None) -> list[Message]:
-        """Answer one decoded message. Never raises for a client's mistake: it answers ERROR.
+    def prepare(self, msg: Message, received_at: float | None = None) -> tuple[list[Message], Work | None]:
+        """Everything but rendering: the immediate replies, and the frames to render as :class:`Work`.
 
         ``received_at`` (``time.perf_counter()`` when the server read the message) makes
         ``server_us`` include queueing; when the wait exceeded OVERLOAD_S, frames are
         rendered by the chain's cheapest tier so that a late session catches up.
-        """
-        replies, job = self.prepare(msg, received_at)
-        if job is not None:
-            replies += job.run()
-        return replies
-
-    def prepare(self, msg: Message, received_at: float | None = None) -> tuple[list[Message], "Job | None"]:
-        """Everything but rendering: the immediate replies, and the frames to render as a Job.
-
-        Workers call this for several sessions' messages, then render all the jobs
-        together (:func:`render_jobs`) so a generator can batch across sessions.
         """
         started = time.perf_counter() if received_at is None else received_at
         degrade = time.perf_counter() - started > OVERLOAD_S
@@ -125,114 +132,92 @@ class Session:
                                 "SWITCH_PACKAGE or STATS_REQUEST", msg.seq)], None
         except ProtocolError as exc:
             return [self._error(exc.code, str(exc), msg.seq)], None
+        except LipsyncError as exc:                # a damaged package: the client hears why
+            return [self._error(ErrorCode.INTERNAL, str(exc), msg.seq)], None
+
+    def prepare_flush(self) -> Work | None:
+        """The client went quiet: the chunks still waiting for look-ahead, as Work (None if none)."""
+        if not self.chunk_seqs:
+            return None
+        self.audio.flush()
+        work = self._emit(time.perf_counter())
+        self.audio = AudioStream(fps=1000 / CHUNK_MS)   # the next chunk starts a new stream
+        return work
+
+    def finish(self, work: Work, rendered: list[Rendered] | BaseException) -> list[Message]:
+        """FRAME messages for rendered Work (ERROR if rendering failed); counts them in the metrics."""
+        if isinstance(rendered, BaseException):
+            return [self._error(ErrorCode.INTERNAL, f"server error: {rendered}", work.seqs[0])]
+        if work.stream and work.job.package == self.package:
+            self.state = work.job.state             # a render process sends back its updated copy
+        us = int((time.perf_counter() - work.started) * 1e6)
+        out = []
+        for seq, r in zip(work.seqs, rendered):
+            self.metrics.frame(work.job.package, us, r.status, r.tier)
+            out.append(Frame(seq=seq, status=r.status, base_frame=r.base, server_us=min(us, 0xFFFF_FFFF),
+                             bounds=r.bounds, jpeg=r.jpeg))
+        return out
+
+    # ------------------------------------------------------------ helpers
+
+    def _use(self, name: str) -> None:
+        """Switch to package ``name`` (KeyError if unknown); a new package starts a fresh render state."""
+        if name != self.package:
+            self.store.folder(name)
+            self.package, self.state = name, {}
+
+    def _error(self, code: ErrorCode, text: str, seq: int) -> Error:
+        self.metrics.error(code.name)
+        return Error(seq=seq, code=code, text=text[:1024])
 
     def _unknown(self, name: str, seq: int) -> Error:
         return self._error(ErrorCode.UNKNOWN_PACKAGE, f"no package named {name!r} on this server; "
                            f"it serves {', '.join(self.store.names())}", seq)
 
-    def _chunk(self, msg: AudioChunk, started: float, degrade: bool) -> tuple[list[Message], "Job | None"]:
+    @staticmethod
+    def _check_duration(msg, n_samples: int, ms: int) -> None:
+        want = msg.sample_rate * ms // 1000
+        if n_samples != want:
+            raise ProtocolError(ErrorCode.BAD_AUDIO, f"{type(msg).__name__} holds {n_samples} samples at "
+                                f"{msg.sample_rate} Hz; expected {ms} ms = {want} samples", msg.seq)
+
+    def _chunk(self, msg: AudioChunk, started: float, degrade: bool) -> tuple[list[Message], Work | None]:
         try:
-            renderer = self._use(msg.package or self.package)
+            self._use(msg.package or self.package)
         except KeyError:
             return [self._unknown(msg.package, msg.seq)], None
-        samples = pcm_to_float32(msg.pcm, msg.sample_format)
+        self.store.get(self.package)          # PackageError (answered INTERNAL) before any audio is taken
+        samples = pcm_to_float32(msg.pcm, msg.sample_format)      # BAD_AUDIO for NaN, infinity, ragged bytes
         self._check_duration(msg, len(samples), CHUNK_MS)
-        if not np.isfinite(samples).all():
-            raise ProtocolError(ErrorCode.BAD_AUDIO, "float32 PCM holds NaN or infinity; "
-                                "expected finite samples in [-1, 1]", msg.seq)
         self.audio.push(samples, msg.sample_rate)
         self.chunk_seqs.append(msg.seq)
-        return [], self._emit(renderer, started, degrade)
+        return [], self._emit(started, degrade)
 
-    def _emit(self, renderer: Renderer, started: float, degrade: bool = False) -> "Job | None":
+    def _emit(self, started: float, degrade: bool = False) -> Work | None:
         ready = self.audio.pop()
         if not ready:
             return None
-        bases = [renderer.base_frame(self.tick + i) for i in range(len(ready))]
+        package = self.store.get(self.package)
+        bases = [base_frame(package, self.tick + i) for i in range(len(ready))]
         self.tick += len(ready)
         seqs = [self.chunk_seqs.popleft() for _ in ready]
-        package = self.package
+        job = RenderJob(self.package, bases, [f.mel for f in ready], [f.silent for f in ready], self.state, degrade)
+        return Work(job, seqs, started, stream=True)
 
-        def finish(rendered: list[Rendered]) -> list[Message]:
-            return [self._frame(seq, r, started, package) for seq, r in zip(seqs, rendered)]
-
-        return Job(renderer, bases, [f.mel for f in ready], [self._states] * len(ready),
-                   [f.silent for f in ready], degrade, finish)
-
-    def flush(self) -> list[Message]:
-        """The client went quiet: answer the chunks still waiting for look-ahead."""
-        job = self.prepare_flush()
-        return job.run() if job is not None else []
-
-    def prepare_flush(self) -> "Job | None":
-        if not self.chunk_seqs or self._renderer is None:
-            return None
-        started = time.perf_counter()
-        self.audio.flush()
-        job = self._emit(self._renderer, started)
-        self.audio = AudioStream(fps=1000 / CHUNK_MS)   # the next chunk starts a new stream
-        return job
-
-    def _window(self, msg: WindowRequest, started: float, degrade: bool) -> tuple[list[Message], "Job | None"]:
+    def _window(self, msg: WindowRequest, started: float, degrade: bool) -> tuple[list[Message], Work | None]:
         name = msg.package or self.store.default
         try:
-            renderer = self.store.get(name)
+            package = self.store.get(name)
         except KeyError:
             return [self._unknown(name, msg.seq)], None
-        if msg.frame_id >= renderer.frames:
+        if msg.frame_id >= package.frames:
             raise ProtocolError(ErrorCode.MALFORMED, f"frame id {msg.frame_id} is past the end of package "
-                                f"{name!r}; expected 0 ... {renderer.frames - 1}", msg.seq)
+                                f"{name!r}; expected 0 ... {package.frames - 1}", msg.seq)
         samples = pcm_to_float32(msg.pcm, msg.sample_format)
         self._check_duration(msg, len(samples), WINDOW_MS)
-        if not np.isfinite(samples).all():
-            raise ProtocolError(ErrorCode.BAD_AUDIO, "float32 PCM holds NaN or infinity", msg.seq)
         x16 = Resampler(msg.sample_rate)(samples)
         mel = window_from_pcm(x16)
-        mid = len(x16) // 2
-        own = x16[mid - 320:mid + 320]
-        silent = rms(own) < IDLE_RMS
-
-        def finish(rendered: list[Rendered]) -> list[Message]:
-            return [self._frame(msg.seq, rendered[0], started, name)]
-
-        return [], Job(renderer, [msg.frame_id], [mel], [renderer.new_state(rest=float(silent))], [silent], degrade, finish)
-
-
-@dataclass
-class Job:
-    """Frames of one message, ready to render: the renderer's batch inputs and what to do after."""
-
-    renderer: Renderer
-    bases: list
-    mels: list
-    states: list
-    silent: list
-    degrade: bool
-    finish: Callable[[list[Rendered]], list[Message]]
-    rendered: list | None = None     # after run(): the Rendered frames (their stage timings), for lipsync-eval
-
-    def run(self) -> list[Message]:
-        self.rendered = self.renderer.render(self.bases, self.mels, self.states, self.silent, self.degrade)
-        return self.finish(self.rendered)
-
-
-def render_jobs(jobs: list[Job]) -> list[list[Message]]:
-    """Render several messages' frames, batching those that share a package, in one call each.
-
-    Returns each job's replies, in the order of ``jobs``. Jobs of the same session
-    stay in order inside a batch, so stateful generators see their frames in sequence.
-    """
-    groups: dict[tuple[int, bool], list[int]] = {}
-    for i, job in enumerate(jobs):
-        groups.setdefault((id(job.renderer), job.degrade), []).append(i)
-    rendered: list = [None] * len(jobs)
-    for idx in groups.values():
-        first = jobs[idx[0]]
-        flat = first.renderer.render([b for i in idx for b in jobs[i].bases], [m for i in idx for m in jobs[i].mels],
-                                     [s for i in idx for s in jobs[i].states],
-                                     [q for i in idx for q in jobs[i].silent], first.degrade)
-        pos = 0
-        for i in idx:
-            rendered[i] = flat[pos:pos + len(jobs[i].bases)]
-            pos += len(jobs[i].bases)
-    return [job.finish(r) for job, r in zip(jobs, rendered)]
+        mid, half = len(x16) // 2, SAMPLE_RATE * CHUNK_MS // 2000      # the frame's own 40 ms at the centre
+        silent = rms(x16[mid - half:mid + half]) < IDLE_RMS
+        job = RenderJob(name, [msg.frame_id], [mel], [silent], {REST_KEY: float(silent)}, degrade)
+        return [], Work(job, [msg.seq], started, stream=False)

@@ -37,9 +37,12 @@ def parse_chain(spec: str | None, package: Package | None = None) -> tuple[str, 
     return names
 
 
-def build_chain(package: Package, spec: str | None = None) -> Chain:
-    """The fallback chain for a package, from a spec like ``"retrieval,static"``."""
-    return Chain(package, [GENERATORS[n] for n in parse_chain(spec, package)])
+def build_chain(package: Package, spec: str | None = None, options=None) -> Chain:
+    """The fallback chain for a package, from a spec like ``"retrieval,static"``;
+    ``options`` (:class:`runtime.options.RenderOptions`) are handed to each tier."""
+    from ..options import RenderOptions
+
+    return Chain(package, [GENERATORS[n] for n in parse_chain(spec, package)], options or RenderOptions())
 
 
 __all__ = ["GENERATORS", "DEFAULT_CHAIN", "Chain", "Generator", "NotReady", "Request",

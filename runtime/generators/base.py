@@ -14,6 +14,7 @@ from typing import Any, ClassVar, Sequence
 import numpy as np
 
 from ..errors import LipsyncError
+from ..options import RenderOptions
 from ..package import Package
 
 
@@ -48,14 +49,18 @@ class Request:
 class Generator(ABC):
     """A tier of the chain. Subclasses set ``name`` and implement :meth:`render`.
 
+    Every tier is built as ``cls(package, options)``; ``options`` are the
+    server's :class:`runtime.options.RenderOptions` (device, threads, ...).
+
     ``render`` must not keep references to the package's memory-mapped arrays
     in its outputs (they are read-only); it returns fresh uint8 arrays.
     """
 
     name: ClassVar[str]
 
-    def __init__(self, package: Package):
+    def __init__(self, package: Package, options: RenderOptions = RenderOptions()):
         self.package = package
+        self.options = options
 
     def new_state(self) -> Any:
         """Per-session state (temporal smoothing); None for stateless tiers."""

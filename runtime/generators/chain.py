@@ -13,6 +13,7 @@ from typing import Sequence
 import numpy as np
 
 from ..errors import InputError
+from ..options import RenderOptions
 from ..package import Package
 from .base import Generator, NotReady, Request
 
@@ -27,9 +28,11 @@ class Chain:
     package : Package
     tiers : sequence of Generator classes
         First choice first; ``static`` should be last.
+    options : RenderOptions
+        Handed to each tier.
     """
 
-    def __init__(self, package: Package, tiers: Sequence[type[Generator]]):
+    def __init__(self, package: Package, tiers: Sequence[type[Generator]], options: RenderOptions = RenderOptions()):
         if not tiers:
             raise InputError("a generator chain needs at least one tier, e.g. 'retrieval,static'")
         self.package = package
@@ -38,7 +41,7 @@ class Chain:
         self.served: Counter = Counter()       # tier name -> frames it rendered
         for cls in tiers:
             try:
-                self.tiers.append(cls(package))
+                self.tiers.append(cls(package, options))
             except Exception as exc:           # a tier that cannot load is left out, loudly
                 log.warning("%s: generator %s unavailable: %s", package.name, cls.name, exc)
                 self.failures[cls.name] += 1

@@ -11,7 +11,6 @@ passes the base frame as both the reference and the masked target.
 
 from __future__ import annotations
 
-import os
 from typing import Sequence
 
 import numpy as np
@@ -19,13 +18,11 @@ import numpy as np
 from ..errors import PackageError
 from ..package import NEURAL_WEIGHTS as WEIGHTS
 from ..mouth import for_package
+from ..options import RenderOptions
 from ..package import Package
 from .base import Generator, Request
 from .paste import blend, resting
 
-THREADS_ENV = "LIPSYNC_RENDER_THREADS"     # render processes set 1: one core each
-COMPILE_ENV = "LIPSYNC_TORCH_COMPILE"      # "1": torch.compile the model (measured 1.35x faster on CPU,
-                                           # but ~30 s of compiling when a process starts: opt-in)
 
 
 def has_weights(package: Package) -> bool:
@@ -35,23 +32,23 @@ def has_weights(package: Package) -> bool:
 class NeuralGenerator(Generator):
     name = "neural"
 
-    def __init__(self, package: Package, device: str | None = None):
-        super().__init__(package)
+    def __init__(self, package: Package, options: RenderOptions = RenderOptions()):
+        super().__init__(package, options)
         import torch
 
         from ..neural import fuse_for_inference, load_weights
 
         if not has_weights(package):
             raise PackageError(f"{package.root}: no {WEIGHTS}; train one with `lipsync-pack train {package.root}`")
-        if os.environ.get(THREADS_ENV):
-            torch.set_num_threads(max(1, int(os.environ[THREADS_ENV])))
-        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        if options.threads:                      # render processes: 1 each (one process per core)
+            torch.set_num_threads(options.threads)
+        self.device = torch.device(options.device or ("cuda" if torch.cuda.is_available() else "cpu"))
         model, self.cfg = load_weights(package.root / WEIGHTS, self.device)
         if self.cfg.crop != package.crops.shape[1]:
             raise PackageError(f"{package.root / WEIGHTS}: trained for {self.cfg.crop} px crops, the package has "
                                f"{package.crops.shape[1]} px; retrain with `lipsync-pack train`")
         self.model = fuse_for_inference(model).to(self.device)
-        if os.environ.get(COMPILE_ENV) == "1":
+        if options.compile:                      # 1.35x faster frames on CPU, ~30 s of compiling at start
             self.model = torch.compile(self.model)
         self._torch = torch
         self.mouth = for_package(package)

@@ -29,6 +29,7 @@ from typing import Sequence
 import numpy as np
 
 from ..mouth import for_package
+from ..options import RenderOptions
 from ..package import Package
 from .base import Generator, NotReady, Request
 from .paste import transplant
@@ -49,8 +50,8 @@ class RetrievalGenerator(Generator):
 
     name = "retrieval"
 
-    def __init__(self, package: Package):
-        super().__init__(package)
+    def __init__(self, package: Package, options: RenderOptions = RenderOptions()):
+        super().__init__(package, options)
         self.model = for_package(package)
         frames = package.usable_train_frames
         if len(frames) == 0:

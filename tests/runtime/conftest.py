@@ -73,12 +73,21 @@ class RunningServer:
 
 @contextmanager
 def running_server(path: Path, **config):
-    """Start a real server on 127.0.0.1 (any free port); stop it afterwards."""
-    from runtime.server import LipsyncServer, ServerConfig
+    """Start a real server on 127.0.0.1 (any free port); stop it afterwards.
+
+    ``config``: ServeOptions fields, and RenderOptions fields (``chain=...``) for its render part.
+    """
+    from dataclasses import fields
+
+    from runtime.options import RenderOptions, ServeOptions
+    from runtime.server import LipsyncServer
     from runtime.store import PackageStore
 
+    render_keys = {f.name for f in fields(RenderOptions)}
+    render = RenderOptions(**{k: v for k, v in config.items() if k in render_keys})
+    options = ServeOptions(port=0, render=render, **{k: v for k, v in config.items() if k not in render_keys})
     store = PackageStore(path)
-    server = LipsyncServer(store, ServerConfig(port=0, **config))
+    server = LipsyncServer(store, options)
     loop = asyncio.new_event_loop()
     started = threading.Event()
 

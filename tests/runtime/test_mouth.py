@@ -13,8 +13,10 @@ from runtime import mouth
 from runtime.errors import PackageError
 from runtime.package import Package, verify
 from runtime.protocol import AudioChunk, FrameStatus, float32_to_pcm
+from runtime.metrics import Metrics
+from runtime.server import check_packages
 from runtime.session import Session
-from runtime.store import Metrics, PackageStore
+from runtime.store import PackageStore
 from runtime.stream import IDLE_RMS, frame_rms, window_features
 
 
@@ -82,7 +84,7 @@ def test_damaged_model_fails_with_one_clear_line(package_copy, damage):
     with pytest.raises(PackageError):
         verify(package_copy)                               # the hash no longer matches
     with pytest.raises(PackageError):
-        PackageStore(package_copy).get("anchor")           # the server refuses the package, cleanly
+        check_packages(PackageStore(package_copy))         # the server refuses the package, cleanly
 
 
 def test_previous_format_still_serves(package_copy, speech, caplog):

@@ -20,7 +20,7 @@ from websockets.exceptions import ConnectionClosed
 from runtime.client import Client, ServerError, Unreachable, decode_jpeg, window_around
 from runtime.package import Package
 from runtime.protocol import (AudioChunk, Error, ErrorCode, Frame, FrameStatus, SampleFormat, encode, float32_to_pcm)
-from runtime.store import base_frame
+from runtime.render import base_frame
 from tests.conftest import ROOT
 
 from .conftest import running_server
@@ -323,11 +323,11 @@ def test_token_required(packages_dir, speech):
 
 def test_non_loopback_needs_a_token(packages_dir):
     from runtime.errors import InputError
-    from runtime.server import ServerConfig
+    from runtime.options import ServeOptions
     with pytest.raises(InputError, match="--token"):
-        ServerConfig(host="0.0.0.0").check()
-    ServerConfig(host="0.0.0.0", token="t").check()
-    ServerConfig(host="::1").check()
+        ServeOptions(host="0.0.0.0").check()
+    ServeOptions(host="0.0.0.0", token="t").check()
+    ServeOptions(host="::1").check()
 
 
 # ---------------------------------------------------------------- the command
@@ -387,7 +387,7 @@ def test_cli_missing_path(tmp_path):
 
 def test_runtime_imports_stay_minimal():
     code = ("import sys, runtime.server, runtime.client, runtime.cli, runtime.session, runtime.generators;"
-            "bad = {'toolkit', 'face_alignment', 'dlib', 'librosa', 'ffmpeg', 'jsonschema', 'click', 'scipy'};"
+            "bad = {'toolkit', 'face_alignment', 'dlib', 'librosa', 'ffmpeg', 'jsonschema', 'scipy', 'matplotlib'};"
             "print(sorted(m for m in sys.modules if m.split('.')[0] in bad))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=True)
     assert out.stdout.strip() == "[]"

@@ -8,8 +8,10 @@ import time
 import numpy as np
 
 from runtime.protocol import AudioChunk, Capabilities, Error, ErrorCode, Frame, FrameStatus, Hello, float32_to_pcm
+from runtime.metrics import Metrics
+from runtime.render import Renderers, pingpong
 from runtime.session import OVERLOAD_S, Session
-from runtime.store import Metrics, PackageStore, pingpong
+from runtime.store import PackageStore
 
 
 def chunk(seq, samples):
@@ -63,9 +65,8 @@ def test_idle_frames_for_silence(packages_dir):
 
 
 def test_batching_across_sessions_gives_the_same_frames(packages_dir, speech):
-    from runtime.session import render_jobs
-
     store = PackageStore(packages_dir)
+    renderers = Renderers(store)
     x = speech[16_000 * 5:]
     one = [Session(store, Metrics()) for _ in range(2)]
     together = [Session(store, Metrics()) for _ in range(2)]
@@ -75,9 +76,9 @@ def test_batching_across_sessions_gives_the_same_frames(packages_dir, speech):
             alone_frames += s.handle(chunk(i, x[off + i * 640:off + (i + 1) * 640]))
         prepared = [s.prepare(chunk(i, x[off + i * 640:off + (i + 1) * 640]))
                     for s, off in zip(together, (0, 16_000))]
-        jobs = [job for _, job in prepared if job is not None]
-        for replies in render_jobs(jobs):
-            batch_frames += replies
+        works = [(s, work) for s, (_, work) in zip(together, prepared) if work is not None]
+        for (s, work), rendered in zip(works, renderers.render([w.job for _, w in works])):
+            batch_frames += s.finish(work, rendered)
     assert len(alone_frames) == len(batch_frames) == 36
     for a, b in zip(alone_frames, batch_frames):
         assert (a.seq, a.base_frame, a.status, a.jpeg) == (b.seq, b.base_frame, b.status, b.jpeg)
@@ -88,13 +89,12 @@ def test_a_batch_renders_as_frames_one_by_one(packages_dir, speech):
     same JPEGs as the same frames rendered one at a time: the reset at rest happens in frame order."""
     from runtime.stream import window_from_pcm
 
-    store = PackageStore(packages_dir)
-    renderer = store.get("anchor")
+    renderer = Renderers(PackageStore(packages_dir)).get("anchor")
     x = speech[16_000 * 5:]
     mels = [window_from_pcm(x[k * 640:k * 640 + 10_240]) for k in range(9)]
     silent = [False, False, True, True, True, True, False, False, False]
     bases = list(range(9))
-    one_state, batch_state = renderer.new_state(rest=0.0), renderer.new_state(rest=0.0)
+    one_state, batch_state = {"rest": 0.0}, {"rest": 0.0}
     one = [renderer.render([b], [m], [one_state], [s])[0] for b, m, s in zip(bases, mels, silent)]
     batch = renderer.render(bases, mels, [batch_state] * 9, silent)
     assert [r.status for r in batch] == [r.status for r in one] and one[5].status == FrameStatus.IDLE

@@ -32,8 +32,11 @@ import numpy as np
 from runtime.jpeg import decode_jpeg
 from runtime.package import Package
 from runtime.protocol import CHUNK_MS, AudioChunk, SampleFormat, float32_to_pcm
+from runtime.metrics import Metrics
+from runtime.options import RenderOptions
+from runtime.render import Renderers
 from runtime.session import Session
-from runtime.store import Metrics, PackageStore
+from runtime.store import PackageStore
 
 STAGES = ("features", "generator", "jpeg", "paste")
 
@@ -109,10 +112,11 @@ def run_inprocess(package: Package, audio16k: np.ndarray, generator: str,
                   on_frame: Callable[..., float] | None = None, progress=None) -> Run:
     """Stream the audio through a real :class:`runtime.session.Session`, 40 ms at a time, timing each stage.
 
-    The session, its renderer and its generator are the server's own, built by a
-    :class:`runtime.store.PackageStore` on the package with a chain of the one
-    ``generator`` (no fallback to hide its failures): the JPEGs are the bytes
-    the server would send, base frames included.
+    The session and the renderer are the server's own: the session prepares each
+    message's :class:`runtime.render.RenderJob` and a :class:`runtime.render.Renderers`
+    renders it, as a render process does, with a chain of the one ``generator``
+    (no fallback to hide its failures): the JPEGs are the bytes the server would
+    send, base frames included.
 
     Parameters
     ----------
@@ -121,10 +125,10 @@ def run_inprocess(package: Package, audio16k: np.ndarray, generator: str,
         ``on_frame(k, crop, bounds, base) -> milliseconds``: composes the full frame
         (the ``paste`` stage) and hands it on, e.g. to the video writer.
     """
-    store = PackageStore(package.root, chain=generator)
+    store = PackageStore(package.root)
+    renderers = Renderers(store, RenderOptions(chain=generator))
     try:
-        session = Session(store, Metrics())
-        renderer = store.get(store.default)
+        session = Session(store, Metrics(), renderers=renderers)
         spf = int(round(16_000 / package.fps))
         n = int(np.ceil(len(audio16k) / spf))
         stages = {s: np.zeros(n) for s in (*STAGES, "total")}
@@ -141,17 +145,20 @@ def run_inprocess(package: Package, audio16k: np.ndarray, generator: str,
             pcm[:len(chunk)] = chunk
             msg = AudioChunk(seq=i, sample_rate=16_000, sample_format=SampleFormat.FLOAT32,
                              pcm=float32_to_pcm(pcm, SampleFormat.FLOAT32))
-            replies, job = session.prepare(msg)
+            replies, work = session.prepare(msg)
             if replies:
                 raise RuntimeError(f"the session answered {replies[0]}")
             feat_ms = (time.perf_counter() - t0) * 1e3
-            jobs = [job] if job is not None else []
+            works = [work] if work is not None else []
             if i == n - 1:
-                jobs += [j for j in [session.prepare_flush()] if j is not None]
-            for j in jobs:
-                frames = j.run()
-                for frame, r in zip(frames, j.rendered):
-                    stages["features"][k] = feat_ms / len(j.rendered)
+                works += [w for w in [session.prepare_flush()] if w is not None]
+            for w in works:
+                rendered = renderers.render([w.job])[0]
+                if isinstance(rendered, BaseException):
+                    raise rendered
+                frames = session.finish(w, rendered)
+                for frame, r in zip(frames, rendered):
+                    stages["features"][k] = feat_ms / len(rendered)
                     stages["generator"][k] = r.render_ms
                     stages["jpeg"][k] = r.jpeg_ms
                     stages["total"][k] = stages["features"][k] + r.render_ms + r.jpeg_ms
@@ -166,8 +173,9 @@ def run_inprocess(package: Package, audio16k: np.ndarray, generator: str,
                     if progress is not None:
                         progress.update(1)
         wall = time.perf_counter() - t_start
-        tiers = dict(renderer.chain.served)
+        tiers = renderers.served().get(store.default, {})
     finally:
+        renderers.close()
         store.close()
     return Run(generator, "in-process", bases, status, out, stages, first or 0.0, wall, peak_rss_mb(), tiers)
 

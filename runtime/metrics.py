@@ -1,0 +1,69 @@
+"""The server's counters: sessions, frames, drops, errors and latency percentiles per package.
+
+One ``Metrics`` lives in the server process; sessions record into it as they
+answer, and ``/stats``, STATS and the Prometheus-style views read its snapshot.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .protocol import FrameStatus
+
+LATENCY_WINDOW = 10_000          # per-package server times kept for the percentiles
+
+
+@dataclass
+class PackageMetrics:
+    frames: int = 0
+    idle: int = 0
+    latencies_us: deque = field(default_factory=lambda: deque(maxlen=LATENCY_WINDOW))
+    tiers: dict = field(default_factory=dict)
+
+
+class Metrics:
+    """Server-wide counters, shared by every session (guarded by a lock)."""
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self.started = time.time()
+        self.sessions_active = 0
+        self.sessions_total = 0
+        self.dropped = 0
+        self.errors: dict[str, int] = {}
+        self.packages: dict[str, PackageMetrics] = {}
+
+    def frame(self, package: str, server_us: int, status: FrameStatus, tier: str) -> None:
+        with self._lock:
+            m = self.packages.setdefault(package, PackageMetrics())
+            m.frames += 1
+            m.idle += status == FrameStatus.IDLE
+            m.latencies_us.append(server_us)
+            m.tiers[tier] = m.tiers.get(tier, 0) + 1
+
+    def count(self, attr: str, n: int = 1) -> None:
+        with self._lock:
+            setattr(self, attr, getattr(self, attr) + n)
+
+    def error(self, code_name: str) -> None:
+        with self._lock:
+            self.errors[code_name] = self.errors.get(code_name, 0) + 1
+
+    def snapshot(self) -> dict:
+        """JSON-ready counters: sessions, frames, drops, errors, latency percentiles per package (ms)."""
+        with self._lock:
+            per = {}
+            for name, m in self.packages.items():
+                lat = np.asarray(m.latencies_us, dtype=np.float64) / 1000.0
+                pct = (np.percentile(lat, [50, 95, 99]).round(3).tolist() if len(lat) else [None] * 3)
+                per[name] = {"frames": m.frames, "idle_frames": m.idle, "tiers": dict(m.tiers),
+                             "latency_ms": dict(zip(("p50", "p95", "p99"), pct))}
+            return {"uptime_s": round(time.time() - self.started, 3),
+                    "sessions": {"active": self.sessions_active, "total": self.sessions_total},
+                    "frames_served": sum(m.frames for m in self.packages.values()),
+                    "frames_dropped": self.dropped, "errors": dict(self.errors), "packages": per}
