@@ -46,6 +46,7 @@ from pathlib import Path
 
 import numpy as np
 
+from . import landmarks as ibug
 from .errors import PackageError
 from .package import MOUTH_MODEL
 from .features import samples_per_frame
@@ -56,10 +57,11 @@ log = logging.getLogger("lipsync.mouth")
 MOUTH_FILE = MOUTH_MODEL
 FORMAT = "lipsync-mouth"
 VERSION = "1"
-LIPS = np.r_[48:68]                  # 20 lip points
-STABLE = np.r_[27:48]                # nose 27-35, eyes 36-47
-INNER_PAIRS = ((13, 19), (14, 18), (15, 17))   # 61-67, 62-66, 63-65 as indices into LIPS
-EYE_CORNERS = (9, 18)                # 36 and 45 as indices into STABLE
+LIPS = np.r_[ibug.LIPS]              # the 20 lip points 48-67, as an index array
+STABLE = np.r_[ibug.STABLE]          # nose 27-35, eyes 36-47
+INNER_PAIRS = tuple((a - ibug.LIPS.start, b - ibug.LIPS.start) for a, b in ibug.INNER_LIP_PAIRS)
+                                     # (13, 19), (14, 18), (15, 17): 61-67, 62-66, 63-65 as indices into LIPS
+EYE_CORNERS = tuple(i - ibug.STABLE.start for i in ibug.EYE_CORNERS)   # (9, 18): 36 and 45 into STABLE
 BAND_GROUP = 4                       # 80 mel bands -> 20
 COMPONENTS = 8
 ALPHAS = (10.0, 30.0, 100.0, 300.0, 1000.0, 3000.0)

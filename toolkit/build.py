@@ -22,10 +22,11 @@ import numpy as np
 from tqdm import tqdm
 
 from runtime import __version__, features, mouth
-from runtime.stream import frame_rms
 from runtime.errors import FaceError, InputError
+from runtime.landmarks import N_POINTS
 from runtime.package import FLAG_INTERPOLATED, FLAG_LOST, FLAG_MEASURED, FORMAT_NAME, FORMAT_VERSION
 from runtime.package import sha256_file
+from runtime.stream import frame_rms
 
 from . import faces, preview, video
 from .audio import prepare_audio, wav_bytes
@@ -33,8 +34,6 @@ from .crop import crop_frame, mouth_boxes, mouth_region, to_crop_coords
 from .smooth import SmoothConfig, smooth_track
 from .track import FaceTracker, TrackConfig, fill_gaps, frame_ranges
 from .writer import PackageWriter
-
-N_POINTS = faces.N_POINTS
 
 
 @dataclass(frozen=True)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-from .faces import MOUTH
+from runtime.landmarks import LIPS
 
 
 def crop_frame(frame: np.ndarray, box: np.ndarray, size: int) -> np.ndarray:
@@ -65,7 +65,7 @@ def mouth_boxes(landmarks_crop: np.ndarray) -> np.ndarray:
     -------
     np.ndarray [shape=(N, 4), dtype=float32]
     """
-    lips = landmarks_crop[:, MOUTH]
+    lips = landmarks_crop[:, LIPS]
     return np.concatenate([lips.min(axis=1), lips.max(axis=1)], axis=1).astype(np.float32)
 
 

@@ -10,9 +10,8 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
+from runtime.landmarks import LIPS
 from runtime.package import FLAG_INTERPOLATED, FLAG_LOST
-
-from .faces import MOUTH
 
 TILE_H = 200          # px, height of one tile
 COLUMNS = 3
@@ -40,7 +39,7 @@ def tile(frame: np.ndarray, crop: np.ndarray, box: np.ndarray, lm_crop: np.ndarr
     mx0, my0, mx1, my1 = (int(round(v * c)) for v in mouth_region)
     cv2.rectangle(face, (mx0, my0), (mx1, my1), (0, 180, 255), 1)
     for k, (px, py) in enumerate(lm_crop * c):
-        dot = (255, 0, 255) if MOUTH.start <= k < MOUTH.stop else colour
+        dot = (255, 0, 255) if LIPS.start <= k < LIPS.stop else colour
         cv2.circle(face, (int(round(px)), int(round(py))), 1, dot, -1, cv2.LINE_AA)
     return np.concatenate([full, face], axis=1)
 

@@ -30,7 +30,7 @@ import cv2
 import numpy as np
 
 from runtime import features as F
-from runtime import mouth
+from runtime.landmarks import EYE_CORNERS, INNER_LIP_PAIRS, LIPS
 from runtime.stream import IDLE_RMS, window_features
 
 from . import stats
@@ -41,8 +41,6 @@ MIN_SYNC_PEAK = 0.15           # a peak correlation below this says nothing abou
 MAX_SYNC_CI_MS = 120.0         # an offset whose 95 % interval is wider than this is reported as undetermined
 MIN_SYNC_S = 4.0               # seconds of frames the offset needs (several bootstrap blocks)
 ENVELOPE_BANDS = slice(5, 45)  # mel bands of the audio envelope (~150-2300 Hz: voiced speech)
-INNER_PAIRS = tuple((a + 48, b + 48) for a, b in mouth.INNER_PAIRS)   # 61-67, 62-66, 63-65
-MOUTH = slice(48, 68)
 
 
 def mouth_opening(landmarks: np.ndarray) -> np.ndarray:
@@ -57,15 +55,9 @@ def mouth_opening(landmarks: np.ndarray) -> np.ndarray:
     np.ndarray [shape=(T,), dtype=float64]
     """
     lm = np.asarray(landmarks, dtype=np.float64)
-    gap = np.mean([np.linalg.norm(lm[:, a] - lm[:, b], axis=1) for a, b in INNER_PAIRS], axis=0)
-    eyes = np.linalg.norm(lm[:, 36] - lm[:, 45], axis=1)
+    gap = np.mean([np.linalg.norm(lm[:, a] - lm[:, b], axis=1) for a, b in INNER_LIP_PAIRS], axis=0)
+    eyes = np.linalg.norm(lm[:, EYE_CORNERS[0]] - lm[:, EYE_CORNERS[1]], axis=1)
     return gap / np.maximum(eyes, 1e-6)
-
-
-def lmd(generated: np.ndarray, real: np.ndarray) -> float:
-    """Mouth landmark distance in crop pixels: mean over frames and points 48-67."""
-    g, r = np.asarray(generated)[:, MOUTH], np.asarray(real)[:, MOUTH]
-    return float(np.linalg.norm(g - r, axis=2).mean())
 
 
 def lmd_per_frame(generated: np.ndarray, real: np.ndarray) -> np.ndarray:
@@ -74,14 +66,9 @@ def lmd_per_frame(generated: np.ndarray, real: np.ndarray) -> np.ndarray:
     The generated frames sit on other base frames than the real ones (the head
     is elsewhere by a few pixels), so the mouth's shape is compared, not its place.
     """
-    g, r = np.asarray(generated, np.float64)[:, MOUTH], np.asarray(real, np.float64)[:, MOUTH]
+    g, r = np.asarray(generated, np.float64)[:, LIPS], np.asarray(real, np.float64)[:, LIPS]
     g = g - g.mean(axis=1, keepdims=True) + r.mean(axis=1, keepdims=True)
     return np.linalg.norm(g - r, axis=2).mean(axis=1)
-
-
-def lmd_aligned(generated: np.ndarray, real: np.ndarray) -> float:
-    """Mean of :func:`lmd_per_frame`."""
-    return float(lmd_per_frame(generated, real).mean())
 
 
 def pearson(a: np.ndarray, b: np.ndarray) -> float:

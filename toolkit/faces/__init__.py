@@ -17,7 +17,7 @@ import importlib
 from runtime.errors import InputError
 
 from . import dlib_backend, fa_backend
-from .base import MOUTH, N_POINTS, LandmarkBackend
+from .base import N_POINTS, LandmarkBackend
 
 # name -> "module:Class"; imported only when chosen, so dlib or torch load only if used.
 BACKENDS = {
@@ -56,4 +56,4 @@ def create(name: str, device: str = "cpu") -> LandmarkBackend:
     return cls(device=device)
 
 
-__all__ = ["BACKENDS", "CHOICES", "LandmarkBackend", "MOUTH", "N_POINTS", "create", "resolve"]
+__all__ = ["BACKENDS", "CHOICES", "LandmarkBackend", "N_POINTS", "create", "resolve"]

@@ -12,8 +12,7 @@ from abc import ABC, abstractmethod
 
 import numpy as np
 
-N_POINTS = 68
-MOUTH = slice(48, 68)          # iBUG indices of the outer and inner lips
+from runtime.landmarks import N_POINTS      # which index is which point: runtime.landmarks
 
 
 class LandmarkBackend(ABC):

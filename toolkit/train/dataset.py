@@ -29,10 +29,10 @@ from torch.utils.data import Dataset
 from runtime.errors import InputError
 from runtime.neural.model import ModelConfig
 from runtime.features import mel_index
+from runtime.landmarks import LIPS
 from runtime.package import Package
 from runtime.stream import CONTEXT_AFTER, frame_window
 
-LIPS = slice(48, 68)       # iBUG 68: outer and inner lip contours
 MOUTH_DILATE = 0.06        # lip hull grown by 6 % of the image side (~10 px at 160 px): lips, teeth, lip skin
 
 
