@@ -122,18 +122,33 @@ def preemphasis(wav: np.ndarray, coef: float = PREEMPHASIS) -> np.ndarray:
     return out
 
 
-def stft_magnitude(wav: np.ndarray) -> np.ndarray:
-    """|STFT| with the window centred on each hop (zero padding at both ends).
-
-    Returns
-    -------
-    np.ndarray [shape=(1 + len(wav) // HOP_LENGTH, N_FFT // 2 + 1), dtype=float64]
-    """
+def _stft_frames(wav: np.ndarray) -> np.ndarray:
+    """The STFT's windows, one centred on each hop (zero padding at both ends): a (T, N_FFT) float64 view,
+    T = 1 + len(wav) // HOP_LENGTH."""
     pad = N_FFT // 2
     padded = np.pad(np.asarray(wav, dtype=np.float64), (pad, pad))
     n_frames = 1 + (len(padded) - N_FFT) // HOP_LENGTH
-    frames = np.lib.stride_tricks.sliding_window_view(padded, N_FFT)[::HOP_LENGTH][:n_frames]
-    return np.abs(np.fft.rfft(frames * _WINDOW, axis=1))
+    return np.lib.stride_tricks.sliding_window_view(padded, N_FFT)[::HOP_LENGTH][:n_frames]
+
+
+def mel_rows(frames: np.ndarray) -> np.ndarray:
+    """Log-mel rows of audio already cut into STFT windows: Hann window, |FFT|, mel bands, dB scale.
+
+    :func:`log_mel` cuts the windows from a whole signal; the streaming front
+    end (:mod:`runtime.stream`) cuts them as audio arrives. Both end here, so a
+    streamed row equals the stored one.
+
+    Parameters
+    ----------
+    frames : np.ndarray [shape=(T, N_FFT), dtype=float64]
+        Pre-emphasised samples; row ``m`` is centred on sample ``m * HOP_LENGTH``.
+
+    Returns
+    -------
+    np.ndarray [shape=(T, N_MELS), dtype=float32]
+    """
+    mag = np.abs(np.fft.rfft(frames * _WINDOW, axis=1))     # (T, 401)
+    return normalize_db(mag @ _MEL_BASIS.T).astype(np.float32)
 
 
 def normalize_db(mel_amp: np.ndarray) -> np.ndarray:
@@ -160,6 +175,4 @@ def log_mel(wav: np.ndarray) -> np.ndarray:
     wav = np.asarray(wav)
     if wav.ndim != 1:
         raise ValueError(f"log_mel wants mono audio of shape (n,), got {wav.shape}")
-    mag = stft_magnitude(preemphasis(wav))           # (T, 401)
-    mel = mag @ _MEL_BASIS.T                          # (T, 80)
-    return normalize_db(mel).astype(np.float32)
+    return mel_rows(_stft_frames(preemphasis(wav)))

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -22,6 +23,8 @@ from .schema import iter_errors, load_schema
 FORMAT_NAME = "lipsync-package"
 FORMAT_VERSION = "1.1"          # major.minor; readers refuse another major; 1.1 added mouth.safetensors
 MANIFEST = "manifest.json"
+NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")   # a package's folder name (docs/package-format.md):
+                                                              # what writers accept and sessions may ask for
 SCHEMA_PATH = Path(__file__).with_name("schema") / "manifest.schema.json"
 
 # Files a reader can do without: serving falls back to the next generator tier

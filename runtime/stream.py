@@ -27,8 +27,7 @@ from math import gcd
 import numpy as np
 
 from . import features as F
-
-CHUNK_MS = 40                                   # one chunk = one video frame at 25 fps
+from .protocol import CHUNK_MS                  # one chunk = one video frame at 25 fps
 CONTEXT_BEFORE = 4                              # mel rows before m_k
 CONTEXT_AFTER = 8                               # rows from m_k on (m_k ... m_k + 7)
 CONTEXT_ROWS = CONTEXT_BEFORE + CONTEXT_AFTER   # 12 rows = 150 ms of row centres
@@ -227,8 +226,7 @@ class AudioStream:
         offset = first * F.HOP_LENGTH - F.N_FFT // 2 - self._pre_start
         seg = self._pre[offset:offset + (last - first) * F.HOP_LENGTH + F.N_FFT]
         frames = np.lib.stride_tricks.sliding_window_view(seg, F.N_FFT)[::F.HOP_LENGTH]
-        mag = np.abs(np.fft.rfft(frames * F._WINDOW, axis=1))
-        rows = F.normalize_db(mag @ F._MEL_BASIS.T).astype(np.float32)
+        rows = F.mel_rows(frames)
         for i, row in enumerate(rows):
             self._ring[(first + i) % RING_ROWS] = row
         self.rows = first + len(rows)

@@ -12,16 +12,14 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import shutil
 from pathlib import Path
 
 import numpy as np
 
 from runtime.errors import InputError
-from runtime.package import MANIFEST, read_manifest, sha256_file, validate_manifest
+from runtime.package import MANIFEST, NAME_RE, read_manifest, sha256_file, validate_manifest
 
-NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 MEDIA_TYPES = {".wav": "audio/wav", ".mp4": "video/mp4", ".png": "image/png",
                ".json": "application/json", ".safetensors": "application/octet-stream"}
 

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from runtime.errors import PackageError
-from runtime.package import Package, read_manifest, validate_manifest, verify
+from runtime.package import NAME_RE, SCHEMA_PATH, Package, read_manifest, validate_manifest, verify
 
 
 def test_open_maps_arrays_without_reading(built):
@@ -16,6 +16,11 @@ def test_open_maps_arrays_without_reading(built):
     assert crops.shape == (pkg.frames, 328, 328, 3)
     assert pkg.train_range.stop == pkg.holdout_range.start
     assert pkg.holdout_range.stop == pkg.frames
+
+
+def test_name_pattern_is_the_schemas():
+    schema = json.loads(SCHEMA_PATH.read_text(encoding="utf-8"))
+    assert schema["properties"]["name"]["pattern"] == NAME_RE.pattern
 
 
 def test_verify_passes_on_fresh_package(built):

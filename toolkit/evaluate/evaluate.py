@@ -33,6 +33,7 @@ import numpy as np
 from tqdm import tqdm
 
 from runtime.errors import InputError, LipsyncError, PackageError
+from runtime.features import SAMPLE_RATE, samples_per_frame
 from runtime.generators import GENERATORS, has_weights
 from runtime.mouth import for_package as mouth_model
 from runtime.package import Package
@@ -45,7 +46,6 @@ from ..faces import create as create_backend
 from . import harness, quality, stats
 from .report import write_report
 
-SAMPLE_RATE = 16_000
 SILENCE_S = 2.0                # seconds of digital silence, then of room noise, per generator
 ROOM_NOISE_DBFS = -50.0        # a quiet room through a desk microphone
 
@@ -80,7 +80,7 @@ def _open(path: str | Path) -> Package:
 
 
 def _audio(config: EvalConfig, audio: str | Path | None, pkg: Package) -> tuple[np.ndarray, str]:
-    spf = SAMPLE_RATE // int(round(pkg.fps))
+    spf = samples_per_frame(pkg.fps)
     if config.holdout:
         if audio is not None:
             raise InputError("give either --audio or --holdout (which uses the package's own held-out audio)")
@@ -270,7 +270,7 @@ def _speaking_opening(pkg: Package, meter, progress: bool, limit: int = 300) -> 
     """Mouth opening measured (as generated frames are) on training frames where the speaker talks."""
     frames = pkg.usable_train_frames
     wav = video.read_audio(pkg.root / "audio.wav", SAMPLE_RATE)
-    spf = SAMPLE_RATE // int(round(pkg.fps))
+    spf = samples_per_frame(pkg.fps)
     rms = frame_rms(wav, pkg.frames, spf)
     frames = frames[rms[frames] >= IDLE_RMS]
     if len(frames) < 10:
@@ -309,7 +309,7 @@ def evaluate(package: str | Path, audio: str | Path | None = None, config: EvalC
     if config.syncnet_weights:
         from .syncnet import load_syncnet
         syncnet = load_syncnet(config.syncnet_weights)
-    spf = SAMPLE_RATE // int(round(pkg.fps))
+    spf = samples_per_frame(pkg.fps)
     frames = int(np.ceil(len(samples) / spf))
     samples = np.pad(samples, (0, frames * spf - len(samples)))
 

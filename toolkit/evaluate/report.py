@@ -18,6 +18,7 @@ import cv2
 import numpy as np
 
 from runtime import __version__ as runtime_version
+from runtime.features import SAMPLE_RATE
 from runtime.stream import IDLE_RMS, LOOKAHEAD_MS
 
 from .. import __version__
@@ -77,7 +78,7 @@ def write_report(folder: Path, pkg, audio_desc: str, samples: np.ndarray, config
                  envelope: np.ndarray, rms: np.ndarray, seconds: float, comparisons: list | None = None) -> dict:
     """Write report.json, plots and report.html into ``folder``; returns the report."""
     fps = pkg.fps
-    audio_s = len(samples) / 16_000
+    audio_s = len(samples) / SAMPLE_RATE
     gens = {name: _generator_entry(run, q, audio_s) for name, (run, q) in results.items()}
     primary = next(iter(results))
     first = gens[primary]
@@ -87,7 +88,7 @@ def write_report(folder: Path, pkg, audio_desc: str, samples: np.ndarray, config
         "tool": {"name": "lipsync-eval", "version": __version__},
         "package": {"name": pkg.root.name, "path": str(pkg.root), "frames": pkg.frames, "fps": fps,
                     "train_frames": [pkg.train_range.start, pkg.train_range.stop]},
-        "audio": {"source": audio_desc, "seconds": round(audio_s, 3), "sample_rate": 16_000,
+        "audio": {"source": audio_desc, "seconds": round(audio_s, 3), "sample_rate": SAMPLE_RATE,
                   "silent_frames": int((rms < IDLE_RMS).sum())},
         "mode": "server" if config.server else "in-process", "server": config.server,
         "holdout": bool(config.holdout),

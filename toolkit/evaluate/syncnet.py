@@ -31,10 +31,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from runtime.errors import InputError
+from runtime.features import SAMPLE_RATE, samples_per_frame
 
 FPS = 25                 # SyncNet's only frame rate
-SAMPLE_RATE = 16000
-SAMPLES_PER_FRAME = 640  # 16000 / 25, as in syncnet_python's length check
+SAMPLES_PER_FRAME = samples_per_frame(FPS)   # 640 at 16 kHz, as in syncnet_python's length check
 MFCC_PER_FRAME = 4       # 10 ms MFCC hop: 4 per 40 ms video frame
 MFCC_WINDOW = 20         # MFCC frames per audio window (0.2 s)
 VIDEO_WINDOW = 5         # video frames per lip window (0.2 s)
