@@ -1,4 +1,5 @@
-"""Write a package atomically: build in a hidden sibling folder, rename at the end.
+"""Write packages atomically: a new package through a hidden sibling folder, a file of a published one
+through a temporary name (docs/package-format.md, Writing rules).
 
 A reader never sees a half-written package: until :meth:`PackageWriter.commit`
 renames ``.NAME.partial-PID`` to ``NAME``, the package does not exist. An
@@ -6,10 +7,14 @@ interrupted build leaves only the hidden folder, which the next build into the
 same parent removes once its process is gone. Replacing a package (``--force``)
 moves the old folder aside and deletes it only after the new one is in place, so
 a server that has the old files memory-mapped keeps reading intact files.
+
+:func:`add_file` is the one way to add or replace a file in a published package
+(``lipsync-pack train``'s weights and mouth-model refit, and anything later).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -18,6 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from runtime.errors import InputError
+from runtime.files import fsync_dir, write_atomic
 from runtime.package import MANIFEST, NAME_RE, read_manifest, sha256_file, validate_manifest
 
 MEDIA_TYPES = {".wav": "audio/wav", ".mp4": "video/mp4", ".png": "image/png",
@@ -34,36 +40,38 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
-def write_bytes_atomic(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` through a temporary name in the same folder."""
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+def add_file(root: str | Path, name: str, data: bytes, extra_key: str, extra: dict,
+             min_version: str | None = None) -> str:
+    """Add file ``name`` holding ``data`` to the published package ``root``, or replace it, and record it.
 
+    The spec's rule for changing a published package (docs/package-format.md, Writing rules 5):
+    the manifest is read and the new one validated first; then the file is written atomically,
+    then the manifest, with the file's entry in ``files``, ``extra[extra_key]`` and, with
+    ``min_version``, a format version of at least that minor.
 
-def record_file(root: Path, name: str, extra_key: str, extra: dict, min_version: str | None = None) -> str:
-    """Record file ``name``, already renamed into place in the published package ``root``, in its manifest.
+    Returns
+    -------
+    str
+        The file's sha256 (hex), as recorded.
 
-    The spec's rule for changing a published package (docs/package-format.md, Writing rules):
-    the file is written atomically first, then the manifest is rewritten atomically with the
-    file's entry in ``files``, ``extra[extra_key]`` and, with ``min_version``, a format version of
-    at least that minor. Returns the file's sha256.
+    Raises
+    ------
+    PackageError
+        ``root`` is not a readable package, or the new manifest would not validate; nothing is written.
     """
-    path = root / name
-    digest = sha256_file(path)
+    root = Path(root)
+    digest = hashlib.sha256(data).hexdigest()
     manifest = read_manifest(root)
-    manifest["files"][name] = {"sha256": digest, "bytes": path.stat().st_size,
-                               "media_type": MEDIA_TYPES.get(path.suffix, "application/octet-stream")}
+    manifest["files"][name] = {"sha256": digest, "bytes": len(data),
+                               "media_type": MEDIA_TYPES.get(Path(name).suffix, "application/octet-stream")}
     manifest.setdefault("extra", {})[extra_key] = extra
     if min_version is not None:
         have = tuple(int(v) for v in manifest["format_version"].split("."))
         if have < tuple(int(v) for v in min_version.split(".")):
             manifest["format_version"] = min_version
     validate_manifest(manifest, "manifest being written")
-    write_bytes_atomic(root / MANIFEST, (json.dumps(manifest, indent=2) + "\n").encode())
+    write_atomic(root / name, data)
+    write_atomic(root / MANIFEST, (json.dumps(manifest, indent=2) + "\n").encode())
     return digest
 
 
@@ -158,12 +166,13 @@ class PackageWriter:
         names = sorted(p.name for p in self.tmp.iterdir() if not p.name.startswith("."))
         manifest = dict(manifest, files={n: self._describe(n) for n in names if n != MANIFEST})
         validate_manifest(manifest, "manifest being written")
-        write_bytes_atomic(self.path(MANIFEST), (json.dumps(manifest, indent=2) + "\n").encode())
+        write_atomic(self.path(MANIFEST), (json.dumps(manifest, indent=2) + "\n").encode())
         old = None
         if self.dest.exists():
             old = self.dest.parent / f".{self.name}.old-{os.getpid()}"
             os.replace(self.dest, old)
         os.replace(self.tmp, self.dest)
+        fsync_dir(self.dest.parent)
         if old is not None:
             shutil.rmtree(old, ignore_errors=True)
         return manifest

@@ -5,7 +5,7 @@ needs (torch and numpy, no toolkit imports).
 """
 
 from .model import (SIZES, LipSyncUNet, ModelConfig, fuse_for_inference, load_weights, prepare_inputs,
-                    save_weights, to_crops, to_model_pixels)
+                    save_weights, to_crops, to_model_pixels, weights_bytes)
 
 __all__ = ["SIZES", "LipSyncUNet", "ModelConfig", "fuse_for_inference", "load_weights", "prepare_inputs",
-           "save_weights", "to_crops", "to_model_pixels"]
+           "save_weights", "to_crops", "to_model_pixels", "weights_bytes"]

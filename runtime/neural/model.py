@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
@@ -45,6 +44,7 @@ from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 from ..errors import PackageError
 from ..features import MAX_ABS_VALUE, N_MELS
+from ..files import write_atomic
 from ..stream import CONTEXT_ROWS
 
 WEIGHTS_FORMAT = "lipsync-neural"   # metadata "format" of a weights file
@@ -287,22 +287,21 @@ def to_crops(pred: torch.Tensor, base_crops: np.ndarray, cfg: ModelConfig, feath
     return out
 
 
-def save_weights(model: LipSyncUNet, cfg: ModelConfig, path: str | Path, metadata: dict | None = None) -> None:
-    """Write the weights and config as safetensors, through a temporary name then a rename.
+def weights_bytes(model: LipSyncUNet, cfg: ModelConfig, metadata: dict | None = None) -> bytes:
+    """The weights and config as a safetensors file's bytes (what :func:`load_weights` reads).
 
     ``metadata`` adds string entries to the header (training steps, loss); the keys
     ``format``, ``format_version`` and ``config`` are reserved.
     """
-    path = Path(path)
     tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     meta = {str(k): str(v) for k, v in (metadata or {}).items()}
     meta.update(format=WEIGHTS_FORMAT, format_version=WEIGHTS_VERSION, config=cfg.to_json())
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "wb") as f:
-        f.write(safetensors_bytes(tensors, metadata=meta))
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    return safetensors_bytes(tensors, metadata=meta)
+
+
+def save_weights(model: LipSyncUNet, cfg: ModelConfig, path: str | Path, metadata: dict | None = None) -> None:
+    """Write :func:`weights_bytes` to ``path`` atomically (:func:`runtime.files.write_atomic`)."""
+    write_atomic(path, weights_bytes(model, cfg, metadata))
 
 
 def load_weights(path: str | Path, device: str | torch.device = "cpu") -> tuple:

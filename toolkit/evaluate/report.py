@@ -19,6 +19,7 @@ import numpy as np
 
 from runtime import __version__ as runtime_version
 from runtime.features import SAMPLE_RATE
+from runtime.files import write_atomic
 from runtime.stream import IDLE_RMS, LOOKAHEAD_MS
 
 from .. import __version__
@@ -107,15 +108,9 @@ def write_report(folder: Path, pkg, audio_desc: str, samples: np.ndarray, config
     plots.mkdir(exist_ok=True)
     report["files"]["plots"] = _plots(plots, results, envelope, rms, fps)
     report["files"]["plots"].append(_contact_sheet(plots, results))
-    _write_atomic(folder / "report.json", json.dumps(report, indent=1, allow_nan=False))
-    _write_atomic(folder / "report.html", _html(report))
+    write_atomic(folder / "report.json", json.dumps(report, indent=1, allow_nan=False).encode("utf-8"))
+    write_atomic(folder / "report.html", _html(report).encode("utf-8"))
     return report
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    tmp.replace(path)
 
 
 def _plots(folder: Path, results: dict, envelope, rms, fps) -> list[str]:

@@ -31,6 +31,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
@@ -50,11 +51,12 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from runtime.errors import InputError, LipsyncError, PackageError
-from runtime.neural.model import SIZES, LipSyncUNet, ModelConfig, prepare_inputs, save_weights
+from runtime.files import write_atomic
 from runtime.mouth import MOUTH_FILE
+from runtime.neural.model import SIZES, LipSyncUNet, ModelConfig, prepare_inputs, weights_bytes
 from runtime.package import Package, sha256_file
 from runtime.package import NEURAL_WEIGHTS as WEIGHTS  # in the package, listed in manifest files
-from toolkit.writer import record_file, write_bytes_atomic
+from toolkit.writer import add_file
 
 from .dataset import PackageDataset, collate, step_batches
 from .mouth import refit as refit_mouth
@@ -143,10 +145,10 @@ def save_checkpoint(folder: Path, model: LipSyncUNet, opt: torch.optim.Optimizer
         tensors.update({f"optim.{pid}.{k}": torch.as_tensor(v).detach().cpu().contiguous()
                         for k, v in slots.items()})
     data = safetensors_bytes(tensors)
-    write_bytes_atomic(folder / CHECKPOINT, data)
+    write_atomic(folder / CHECKPOINT, data)
     meta = dict(state, model_config=json.loads(cfg.to_json()), train_config=asdict(config),
                 param_groups=opt_state["param_groups"], tensors_sha256=sha256_file(folder / CHECKPOINT))
-    write_bytes_atomic(folder / CHECKPOINT_META, (json.dumps(meta) + "\n").encode())
+    write_atomic(folder / CHECKPOINT_META, (json.dumps(meta) + "\n").encode())
 
 
 def load_checkpoint(folder: Path, model: LipSyncUNet, opt: torch.optim.Optimizer, cfg: ModelConfig) -> dict:
@@ -188,16 +190,15 @@ def load_checkpoint(folder: Path, model: LipSyncUNet, opt: torch.optim.Optimizer
 def publish(root: Path, model: LipSyncUNet, cfg: ModelConfig, config: TrainConfig, state: dict) -> tuple:
     """Write ``neural.safetensors`` into the package and record it in the manifest; (path, sha256)."""
     final_loss = float(np.mean(state["losses"][-FINAL_LOSS_STEPS:])) if state["losses"] else float("nan")
-    path = root / WEIGHTS
-    save_weights(model, cfg, path, metadata={"steps": state["step"], "final_loss": f"{final_loss:.6f}"})
-    digest = sha256_file(path)
-    record_file(root, WEIGHTS, "neural", {
+    data = weights_bytes(model, cfg, metadata={"steps": state["step"], "final_loss": f"{final_loss:.6f}"})
+    digest = hashlib.sha256(data).hexdigest()
+    add_file(root, WEIGHTS, data, "neural", {
         "file": WEIGHTS, "sha256": digest, "config": json.loads(cfg.to_json()),
         "train": asdict(config), "steps": state["step"], "seconds": round(state["seconds"], 2),
         "final_loss": round(final_loss, 6) if math.isfinite(final_loss) else None,
         "trained": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
     })
-    return path, digest
+    return root / WEIGHTS, digest
 
 
 def shape_config(cfg: ModelConfig, shape_model, package: Package) -> ModelConfig:
