@@ -34,6 +34,10 @@ class Metrics:
         self.started = time.time()
         self.sessions_active = 0
         self.sessions_total = 0
+        self.closed_idle = 0             # sessions closed after idle_timeout_s without a message
+        self.closed_unread = 0           # sessions closed for leaving queue_replies replies unread
+        self.refused_origin = 0          # websocket handshakes refused for their Origin (403)
+        self.refused_host = 0            # HTTP requests refused for their Host (403)
         self.dropped = 0
         self.errors: dict[str, int] = {}
         self.packages: dict[str, PackageMetrics] = {}
@@ -64,6 +68,8 @@ class Metrics:
                 per[name] = {"frames": m.frames, "idle_frames": m.idle, "tiers": dict(m.tiers),
                              "latency_ms": dict(zip(("p50", "p95", "p99"), pct))}
             return {"uptime_s": round(time.time() - self.started, 3),
-                    "sessions": {"active": self.sessions_active, "total": self.sessions_total},
+                    "sessions": {"active": self.sessions_active, "total": self.sessions_total,
+                                 "closed_idle": self.closed_idle, "closed_unread": self.closed_unread},
+                    "refused": {"origin": self.refused_origin, "host": self.refused_host},
                     "frames_served": sum(m.frames for m in self.packages.values()),
                     "frames_dropped": self.dropped, "errors": dict(self.errors), "packages": per}

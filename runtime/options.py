@@ -9,11 +9,15 @@ is passed through environment variables.
 from __future__ import annotations
 
 import ipaddress
+import re
 from dataclasses import dataclass, field
 
 from .errors import InputError
 from .jpeg import QUALITY
 from .protocol import MAX_MESSAGE_BYTES
+
+
+_ORIGIN_RE = re.compile(r"^https?://[^/\s]+$")
 
 
 @dataclass(frozen=True)
@@ -50,6 +54,9 @@ class ServeOptions:
     flush_ms: int = 120                      # answer look-ahead-pending chunks after this much quiet
     max_message_bytes: int = MAX_MESSAGE_BYTES
     drain_s: float = 1.0                     # SIGTERM: time to send queued frames before closing
+    idle_timeout_s: float = 60.0             # a session that sends nothing for this long is closed (4001)
+    queue_replies: int = 256                 # per-session unsent control replies before the session is closed (4002)
+    allow_origins: tuple[str, ...] = ()      # web page origins allowed besides the server's own ("*": any)
     render: RenderOptions = field(default_factory=RenderOptions)
 
     def check(self) -> None:
@@ -59,7 +66,13 @@ class ServeOptions:
                              "(clients then pass ?token=SECRET), or bind 127.0.0.1")
         if not 0 <= self.port <= 65535:
             raise InputError(f"--port {self.port} is not a TCP port; expected 0 ... 65535")
-        for name in ("workers", "max_sessions", "queue_frames", "flush_ms"):
+        if not self.idle_timeout_s > 0:
+            raise InputError(f"--idle-timeout {self.idle_timeout_s}: expected seconds > 0")
+        for origin in self.allow_origins:
+            if origin != "*" and not _ORIGIN_RE.match(origin):
+                raise InputError(f"--allow-origin {origin!r}: expected scheme://host[:port] "
+                                 "(e.g. https://app.example.com), or * for any page")
+        for name in ("workers", "max_sessions", "queue_frames", "queue_replies", "flush_ms"):
             if getattr(self, name) < 1:
                 raise InputError(f"--{name.replace('_', '-')} {getattr(self, name)}: expected 1 or more")
         self.render.check()

@@ -48,7 +48,7 @@ from . import __version__
 from .errors import LipsyncError
 from .metrics import Metrics
 from .mouth import for_package
-from .options import ServeOptions
+from .options import ServeOptions, is_loopback
 from .package import read_manifest
 from .protocol import ErrorCode, Frame, Message, ProtocolError, decode, decode_json, encode_as, error_reply
 from .render import check_servable
@@ -62,19 +62,55 @@ WEB_DIR = Path(__file__).with_name("web")
 STATIC = {"/": "index.html", "/index.html": "index.html", "/app.js": "app.js", "/style.css": "style.css"}
 VIDEO_RE = re.compile(r"^/packages/([^/]+)/video$")
 RANGE_RE = re.compile(r"^bytes=(\d*)-(\d*)$")
+LOOPBACK_NAMES = {"localhost", "127.0.0.1", "::1"}
+WILDCARD_HOSTS = {"0.0.0.0", "::", ""}
+
+
+MAX_RANGE_BYTES = 4 << 20    # the most bytes one Range answer holds
+
+
+async def _close(ws: ServerConnection, code: int, reason: str) -> None:
+    """Close with ``code``; a peer that does not read cannot hold us: after 2 s the TCP connection is dropped."""
+    try:
+        await asyncio.wait_for(ws.close(code, reason), 2.0)
+    except (TimeoutError, ConnectionClosed):
+        ws.transport.abort()
+
+
+def _read_range(path: Path, start: int, length: int) -> bytes:
+    """Read ``length`` bytes of ``path`` from ``start`` (only those bytes)."""
+    with open(path, "rb") as f:
+        f.seek(start)
+        return f.read(length)
+
+
+def _host_name(host: str) -> str:
+    """``Host``-style ``name[:port]`` or ``[v6]:port`` -> the lower-case name alone."""
+    host = host.strip().lower()
+    if host.startswith("["):
+        return host[1:host.find("]")] if "]" in host else host
+    return host.rsplit(":", 1)[0] if host.count(":") == 1 else host
+
+
+CLOSE_IDLE = 4001             # websocket close code: no message for idle_timeout_s
+CLOSE_UNREAD = 4002           # websocket close code: queue_replies control replies left unread
 
 
 class OutQueue:
-    """A session's outgoing messages, encoded; over ``limit`` frames, the oldest frame is dropped.
+    """A session's outgoing messages, encoded, bounded.
 
-    Items are ``(is_frame, data)``. Control messages (CAPABILITIES, STATS, ERROR)
-    are never dropped. Each drop is counted in ``metrics`` at once.
+    Items are ``(is_frame, data)``. Over ``limit`` frames, the oldest frame is
+    dropped (counted in ``metrics`` at once). Control messages (CAPABILITIES,
+    STATS, ERROR) are never dropped; over ``replies`` of them unsent, the
+    client is not reading, ``overflow`` is set and the session is closed.
     """
 
-    def __init__(self, limit: int, metrics: Metrics):
+    def __init__(self, limit: int, metrics: Metrics, replies: int = 256):
         self.limit = limit
+        self.replies = replies
         self.metrics = metrics
         self.items: deque[tuple[bool, bytes | str]] = deque()
+        self.overflow = asyncio.Event()
         self.frames = 0              # frames queued now
         self.frames_out = 0          # frames queued in all
         self.dropped = 0
@@ -92,6 +128,9 @@ class OutQueue:
                         break
             self.frames += 1
             self.frames_out += 1
+        elif len(self.items) - self.frames >= self.replies:
+            self.overflow.set()                  # not reading: the session closes; nothing more is kept
+            return
         self.items.append((is_frame, data))
         self.ready.set()
 
@@ -167,6 +206,33 @@ class LipsyncServer:
 
     # ------------------------------------------------------------ HTTP
 
+    def _host_allowed(self, host_header: str) -> bool:
+        """Is ``Host`` one of this server's own names? (Refuses DNS-rebinding pages.)
+
+        Loopback binds answer loopback names; a specific address answers itself;
+        a wildcard bind (0.0.0.0, ::) any name, since it needs a token anyway.
+        Hosts of ``--allow-origin`` pages are allowed too.
+        """
+        bind = self.config.host.lower()
+        if bind in WILDCARD_HOSTS or "*" in self.config.allow_origins:
+            return True
+        name = _host_name(host_header)
+        allowed = {bind} | {_host_name(urlsplit(o).netloc) for o in self.config.allow_origins}
+        if is_loopback(bind):
+            allowed |= LOOPBACK_NAMES
+        return name in allowed
+
+    def _origin_allowed(self, origin: str | None, host_header: str) -> bool:
+        """A websocket's ``Origin``: none (not a browser), the server's own page, or an allowed one."""
+        if origin is None:
+            return True
+        origin = origin.strip().lower().rstrip("/")
+        allowed = {o.lower().rstrip("/") for o in self.config.allow_origins}
+        if "*" in allowed or origin in allowed:
+            return True
+        host = host_header.strip().lower()
+        return bool(host) and origin in (f"http://{host}", f"https://{host}")
+
     def _authorised(self, request: Request, query: dict) -> bool:
         if not self.config.token:
             return True
@@ -182,11 +248,22 @@ class LipsyncServer:
         if path == "/health":
             return _json(200, {"status": "ok", "version": __version__, "packages": len(self.store.names()),
                                "sessions": self.metrics.sessions_active})
+        host = request.headers.get("Host", "")
+        if not self._host_allowed(host):
+            self.metrics.count("refused_host")
+            return _json(403, {"error": f"Host {host[:100]!r} is not this server's address; open it as "
+                                        f"http://{self.config.host}:{self.port}/ or start it with "
+                                        "--allow-origin for the page's origin"})
         if not self._authorised(request, query):
             return _json(401, {"error": "missing or wrong token; pass ?token=... or Authorization: Bearer ..."})
         if path == "/ws":
             if "websocket" not in request.headers.get("Upgrade", "").lower():
                 return _json(426, {"error": "/ws is the websocket endpoint; connect with a websocket client"})
+            origin = request.headers.get("Origin")
+            if not self._origin_allowed(origin, host):
+                self.metrics.count("refused_origin")
+                return _json(403, {"error": f"web page origin {origin[:100]!r} may not use this server; "
+                                            "start it with --allow-origin ORIGIN to allow that page"})
             if self.metrics.sessions_active >= self.config.max_sessions:
                 return _json(503, {"error": f"server full ({self.config.max_sessions} sessions); retry later"})
             return None
@@ -223,11 +300,14 @@ class LipsyncServer:
             path = self.store.folder(name) / "video.mp4"
         except KeyError:
             return _json(404, {"error": f"no package named {name!r}; see /packages"})
-        data = await asyncio.to_thread(path.read_bytes)
+        try:
+            size = path.stat().st_size
+        except OSError:
+            return _json(404, {"error": f"package {name!r} has no video.mp4; rebuild it"})
         rng = RANGE_RE.match(request.headers.get("Range", "").strip())
         if not rng or not (rng.group(1) or rng.group(2)):
+            data = await asyncio.to_thread(_read_range, path, 0, size)
             return _response(200, data, "video/mp4", [("Accept-Ranges", "bytes")])
-        size = len(data)
         if rng.group(1):
             start = int(rng.group(1))
             end = min(int(rng.group(2)), size - 1) if rng.group(2) else size - 1
@@ -235,14 +315,16 @@ class LipsyncServer:
             start, end = max(size - int(rng.group(2)), 0), size - 1
         if start >= size or start > end:
             return _response(416, b"", "video/mp4", [("Content-Range", f"bytes */{size}")])
-        return _response(206, data[start:end + 1], "video/mp4",
+        end = min(end, start + MAX_RANGE_BYTES - 1)     # a shorter part is a valid answer; players ask again
+        data = await asyncio.to_thread(_read_range, path, start, end + 1 - start)
+        return _response(206, data, "video/mp4",
                          [("Accept-Ranges", "bytes"), ("Content-Range", f"bytes {start}-{end}/{size}")])
 
     # ------------------------------------------------------------ websocket
 
     async def _connection(self, ws: ServerConnection) -> None:
         task = asyncio.current_task()
-        queue = OutQueue(self.config.queue_frames, self.metrics)
+        queue = OutQueue(self.config.queue_frames, self.metrics, self.config.queue_replies)
         self._sessions[task] = queue
         self.metrics.count("sessions_active")
         self.metrics.count("sessions_total")
@@ -250,23 +332,40 @@ class LipsyncServer:
         sender = asyncio.create_task(self._send_loop(ws, queue))
         peer = ws.remote_address
         log.info("session open from %s", peer)
+        receiver = asyncio.create_task(self._receive_loop(ws, queue, session))
+        overflow = asyncio.create_task(queue.overflow.wait())
         try:
-            await self._receive_loop(ws, queue, session)
+            await asyncio.wait({receiver, overflow}, return_when=asyncio.FIRST_COMPLETED)
+            if overflow.done():
+                receiver.cancel()
+                self.metrics.count("closed_unread")
+                log.warning("session from %s closed: %d replies left unread", peer, self.config.queue_replies)
+                await _close(ws, CLOSE_UNREAD, f"{self.config.queue_replies} replies unread; read what the server sends")
+            elif receiver.result() == "idle":
+                self.metrics.count("closed_idle")
+                log.info("session from %s closed: idle for %g s", peer, self.config.idle_timeout_s)
+                await _close(ws, CLOSE_IDLE, f"no message for {self.config.idle_timeout_s:g} s")
         except ConnectionClosed:
             pass
         finally:
-            sender.cancel()
+            for task in (receiver, overflow, sender):
+                task.cancel()
             self.metrics.count("sessions_active", -1)
             self._sessions.pop(task, None)
             log.info("session closed from %s: %d frames out, %d dropped", peer, queue.frames_out, queue.dropped)
 
-    async def _receive_loop(self, ws: ServerConnection, queue: OutQueue, session: Session) -> None:
+    async def _receive_loop(self, ws: ServerConnection, queue: OutQueue, session: Session) -> str:
+        """Answer the session's messages until it closes ("closed") or goes idle ("idle")."""
         max_size = self.config.max_message_bytes
         while True:
-            timeout = self.config.flush_ms / 1000 if session.pending else None
+            timeout = self.config.flush_ms / 1000 if session.pending else self.config.idle_timeout_s
             try:
                 data = await asyncio.wait_for(ws.recv(), timeout)
+            except ConnectionClosed:
+                return "closed"
             except TimeoutError:
+                if not session.pending:
+                    return "idle"
                 replies, work = [], session.prepare_flush()
             else:
                 received = time.perf_counter()
