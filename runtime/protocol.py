@@ -79,6 +79,8 @@ class MessageType(enum.IntEnum):
 
 
 class ErrorCode(enum.IntEnum):
+    """The codes a server sends. 8 and 10 are reserved (docs/protocol.md): never sent, never reused."""
+
     MALFORMED = 1
     BAD_CRC = 2
     UNKNOWN_TYPE = 3
@@ -86,9 +88,7 @@ class ErrorCode(enum.IntEnum):
     TOO_BIG = 5
     UNSUPPORTED_VERSION = 6
     BAD_AUDIO = 7
-    OVERLOADED = 8
     INTERNAL = 9
-    UNAUTHORIZED = 10
 
 
 class SampleFormat(enum.IntEnum):

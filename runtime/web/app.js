@@ -12,7 +12,7 @@
   const VERSION = 1;
   const T = { HELLO: 1, CAPABILITIES: 2, AUDIO_CHUNK: 3, FRAME: 5, SWITCH_PACKAGE: 6, STATS: 8, ERROR: 9 };
   const ERROR_NAMES = { 1: 'MALFORMED', 2: 'BAD_CRC', 3: 'UNKNOWN_TYPE', 4: 'UNKNOWN_PACKAGE', 5: 'TOO_BIG',
-    6: 'UNSUPPORTED_VERSION', 7: 'BAD_AUDIO', 8: 'OVERLOADED', 9: 'INTERNAL', 10: 'UNAUTHORIZED' };
+    6: 'UNSUPPORTED_VERSION', 7: 'BAD_AUDIO', 9: 'INTERNAL' };   // 8 and 10: reserved, never sent
   const RATE = 24000;                                   // Hz, what we send
   const CHUNK_MS = 40;
   const CHUNK = RATE * CHUNK_MS / 1000;                 // 960 samples per AUDIO_CHUNK
