@@ -1,105 +1,82 @@
 """``lipsync-serve PATH``: serve one package, or every package in a folder.
 
-argparse rather than click keeps the runtime's dependencies to numpy, opencv,
-torch and websockets. Every option can also come from an environment variable
-LIPSYNC_SERVE_<OPTION> (e.g. LIPSYNC_SERVE_PORT=9000).
+A thin shell over :func:`runtime.server.serve`: it turns the options into a
+:class:`runtime.options.ServeOptions` and maps what ``serve`` raises to one
+``error: ...`` line and an exit code. Options follow :mod:`runtime.cliutil`;
+each can come from the environment as ``LIPSYNC_SERVE_<OPTION>``
+(``LIPSYNC_SERVE_PORT=9000``, ``LIPSYNC_SERVE_TOKEN=...``).
 """
 
 from __future__ import annotations
 
-import argparse
-import asyncio
-import logging
-import os
 import sys
 
-from . import __version__
+import click
+
+from . import __version__, cliutil
 from .errors import LipsyncError
-from .generators import parse_chain
-from .server import ServerConfig, serve_until_signal
-from .package import Package
-from .store import PackageStore, check_servable
+from .options import RenderOptions, ServeOptions
 
-ENV_PREFIX = "LIPSYNC_SERVE_"
+_SERVE = ServeOptions()
+_RENDER = RenderOptions()
 
 
-def _env(name: str, default, cast=str):
-    raw = os.environ.get(ENV_PREFIX + name.upper())
-    if raw is None:
-        return default
+@click.command(context_settings=cliutil.context_settings("LIPSYNC_SERVE"))
+@click.argument("path", type=click.Path())
+@click.option("--host", default=_SERVE.host, show_default=True,
+              help="Address to bind; one reachable from other machines needs --token.")
+@click.option("--port", type=int, default=_SERVE.port, show_default=True, help="TCP port; 0 takes any free port.")
+@click.option("--token", default=None, help="Shared secret that clients pass as ?token=.")
+@click.option("--generator", default="auto", show_default=True,
+              help="Generator fallback chain, first choice first, e.g. retrieval,static; auto: the default chain.")
+@click.option("--device", default="auto", show_default=True,
+              help="Torch device of the neural generator (cpu, cuda, cuda:1); auto: cuda if present, else cpu.")
+@click.option("--threads", type=int, default=1, show_default=True, help="Torch threads in each render process.")
+@click.option("--compile", is_flag=True,
+              help="torch.compile the neural generator (about 1.35x faster frames on CPU, ~30 s longer start).")
+@click.option("--workers", type=int, default=_SERVE.workers, show_default=True,
+              help="Render processes (not threads); one per core.")
+@click.option("--max-sessions", type=int, default=_SERVE.max_sessions, show_default=True,
+              help="Concurrent websocket sessions.")
+@click.option("--queue", type=int, default=_SERVE.queue_frames, show_default=True,
+              help="Frames queued per session before the oldest is dropped.")
+@click.option("--jpeg-quality", type=int, default=_RENDER.jpeg_quality, show_default=True,
+              help="JPEG quality of the frames, 1-100.")
+@cliutil.logging_options("Log warnings and errors only; the address line is still printed.")
+@cliutil.version_option("lipsync-serve")
+def main(path, host, port, token, generator, device, threads, compile, workers, max_sessions, queue, jpeg_quality,
+         quiet, log_level):
+    """Serve lip-synced face frames over a websocket, with a browser client at /.
+
+    PATH is a package folder (models/anchor) or a folder of packages (models/).
+    """
+    from .server import serve
+
+    cliutil.setup_logging(log_level, quiet)
+    render = RenderOptions(chain=None if generator == "auto" else generator, jpeg_quality=jpeg_quality,
+                           device=None if device == "auto" else device, threads=threads, compile=compile)
+    options = ServeOptions(host=host, port=port, token=token, workers=workers, max_sessions=max_sessions,
+                           queue_frames=queue, render=render)
+
+    def ready(server):
+        where = f"[{host}]:{server.port}" if ":" in host else f"{host}:{server.port}"
+        click.echo(f"lipsync-serve {__version__}: {', '.join(server.store.names())} on "
+                   f"http://{where}/  (websocket ws://{where}/ws)")
+
     try:
-        return cast(raw)
-    except ValueError:
-        raise SystemExit(f"error: {ENV_PREFIX + name.upper()}={raw!r} is not a valid {cast.__name__}")
-
-
-def parser() -> argparse.ArgumentParser:
-    d = ServerConfig()
-    p = argparse.ArgumentParser(
-        prog="lipsync-serve", formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-        description="Serve lip-synced face frames over a websocket, with a browser client at /.")
-    p.add_argument("path", help="a package folder (models/anchor) or a folder of packages (models/)")
-    p.add_argument("--host", default=_env("host", d.host), help="address to bind; non-loopback needs --token")
-    p.add_argument("--port", type=int, default=_env("port", d.port, int), help="TCP port (0: any free port)")
-    p.add_argument("--token", default=_env("token", None), help="shared secret clients pass as ?token=")
-    p.add_argument("--generator", default=_env("generator", "auto"),
-                   help="fallback chain, first choice first, e.g. retrieval,static")
-    p.add_argument("--queue", type=int, default=_env("queue", d.queue_frames, int),
-                   help="frames queued per session before the oldest is dropped")
-    p.add_argument("--workers", type=int, default=_env("workers", d.workers, int), help="render threads")
-    p.add_argument("--max-sessions", type=int, default=_env("max_sessions", d.max_sessions, int),
-                   help="concurrent websocket sessions")
-    p.add_argument("--jpeg-quality", type=int, default=_env("jpeg_quality", d.jpeg_quality, int),
-                   help="JPEG quality of the frames, 1-100")
-    p.add_argument("--compile", action="store_true", default=_env("compile", "") == "1",
-                   help="torch.compile the neural tier (about 1.35x faster frames, ~30 s longer start)")
-    p.add_argument("--log-level", default=_env("log_level", "info"),
-                   choices=["debug", "info", "warning", "error"], help="logging verbosity")
-    p.add_argument("--version", action="version", version=f"lipsync-serve {__version__}")
-    return p
-
-
-def main(argv: list[str] | None = None) -> int:
-    args = parser().parse_args(argv)
-    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    logging.getLogger("websockets").setLevel(logging.WARNING)
-    if args.compile:
-        os.environ["LIPSYNC_TORCH_COMPILE"] = "1"          # read by the neural tier in each render process
-    try:
-        if not 1 <= args.jpeg_quality <= 100:
-            raise LipsyncError(f"--jpeg-quality {args.jpeg_quality}: expected 1 ... 100")
-        config = ServerConfig(host=args.host, port=args.port, token=args.token,
-                              chain=None if args.generator == "auto" else args.generator,
-                              queue_frames=max(1, args.queue), workers=max(1, args.workers),
-                              max_sessions=max(1, args.max_sessions), jpeg_quality=args.jpeg_quality)
-        config.check()
-        parse_chain(config.chain)
-        store = PackageStore(args.path, chain=config.chain, jpeg_quality=config.jpeg_quality)
-        for name in store.names():       # open each now: a broken package shows here, not mid-session
-            try:
-                check_servable(Package.open(store.folder(name)))
-            except LipsyncError as exc:
-                if store.single:
-                    raise
-                logging.getLogger("lipsync.server").warning("skipping %s: %s", name, exc)
-
-        def ready(server):
-            print(f"lipsync-serve {__version__}: {', '.join(store.names())} on "
-                  f"http://{config.host}:{server.port}/  (websocket ws://{config.host}:{server.port}/ws)",
-                  flush=True)
-
-        asyncio.run(serve_until_signal(store, config, ready))
+        serve(path, options, ready=ready)
     except LipsyncError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return exc.exit_code
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(exc.exit_code)
     except OSError as exc:
-        print(f"error: cannot listen on {args.host}:{args.port}: {exc.strerror or exc}; "
-              "pick another --port or stop the other server", file=sys.stderr)
-        return 1
+        click.echo(f"error: cannot listen on {host}:{port}: {exc.strerror or exc}; "
+                   "pick another --port or stop the other server", err=True)
+        sys.exit(1)
     except KeyboardInterrupt:
-        return 130
-    return 0
+        sys.exit(130)
 
+
+cliutil.show_envvars(main)
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main(prog_name="lipsync-serve")

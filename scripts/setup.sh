@@ -28,8 +28,10 @@ stamp="$VENV/.installed-$(sha256sum pyproject.toml | cut -c1-16)"
 if [ ! -f "$stamp" ]; then
     echo "setup: installing Python packages into $VENV (torch 2.13.0 CPU first)"
     $PIP install torch==2.13.0 2>&1 | grep -v "^WARNING: Location" || true
+    # The test extra includes `all` (build, train, eval, face-alignment): a development
+    # machine gets everything; `pip install .` alone is just what lipsync-serve needs.
     $PIP install -e ".[test]" 2>&1 | grep -v "^WARNING: Location" || true
-    "$VENV/bin/python" -c "import torch, cv2, dlib, librosa, websockets, playwright, toolkit.cli, runtime.cli" \
+    "$VENV/bin/python" -c "import torch, cv2, dlib, ffmpeg, matplotlib, librosa, websockets, playwright, toolkit.cli, runtime.cli" \
         || { echo "setup: the Python environment is incomplete; see the pip output above" >&2; exit 1; }
     rm -f "$VENV"/.installed-*
     touch "$stamp"

@@ -4,8 +4,8 @@ A thin shell: each command parses options and calls the same function the
 Python API exposes (:func:`toolkit.build.build_package`,
 :func:`runtime.package.verify`). Expected failures print one line,
 ``error: ...``, and exit with the error's code (see :mod:`runtime.errors`).
-Every option can also be set from the environment, e.g.
-``LIPSYNC_PACK_BUILD_FPS=25``.
+Options follow :mod:`runtime.cliutil`; each can also be set from the
+environment as ``LIPSYNC_PACK_<COMMAND>_<OPTION>``, e.g. ``LIPSYNC_PACK_BUILD_FPS=25``.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from pathlib import Path
 
 import click
 
-from runtime import __version__
+from runtime import cliutil
 from runtime.errors import LipsyncError
 from runtime.package import Package, verify
 
@@ -45,13 +45,25 @@ class _Group(click.Group):
 
     def get_command(self, ctx, name):
         if name == "train":
-            from .train.train import main as train_main
-            return train_main
+            try:
+                from .train.train import main as train_main
+            except ModuleNotFoundError as exc:
+                return _unavailable("train", exc, "train")
+            return cliutil.show_envvars(train_main)
         return super().get_command(ctx, name)
 
 
-@click.group(cls=_Group, context_settings={"auto_envvar_prefix": "LIPSYNC_PACK", "help_option_names": ["-h", "--help"]})
-@click.version_option(__version__, prog_name="lipsync-pack")
+def _unavailable(name: str, exc: ModuleNotFoundError, extra: str) -> click.Command:
+    """A stand-in for a command whose extra is not installed: listed in --help, fails in one line."""
+    if cliutil.missing_extra(exc, extra) is None:
+        raise exc
+    return click.Command(name, callback=lambda: cliutil.exit_missing_extra(exc, extra), add_help_option=False,
+                         help=f"(not installed: pip install 'lipsync-toolkit[{extra}]')",
+                         context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
+
+
+@click.group(cls=_Group, context_settings=cliutil.context_settings("LIPSYNC_PACK"))
+@cliutil.version_option("lipsync-pack")
 def main():
     """Turn speaker videos into lip-sync model packages, and check them."""
     signal.signal(signal.SIGTERM, _sigterm)
@@ -71,12 +83,16 @@ def main():
 @click.option("--audio", type=click.Path(path_type=Path), default=None,
               help="Take the speech from this file instead of the video's own audio.")
 @click.option("--force", is_flag=True, help="Replace an existing package.")
-@click.option("-q", "--quiet", is_flag=True, help="No progress bars or summary.")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
-def build(video, out, fps, crop_size, holdout, landmarks, device, audio, force, quiet, as_json):
+@cliutil.logging_options("No progress bars or summary.")
+def build(video, out, fps, crop_size, holdout, landmarks, device, audio, force, as_json, quiet, log_level):
     """Build a package from VIDEO: landmarks, crops, audio features, preview."""
-    from .build import BuildConfig, build_package
+    try:
+        from .build import BuildConfig, build_package
+    except ModuleNotFoundError as exc:
+        cliutil.exit_missing_extra(exc, "build")
 
+    cliutil.setup_logging(log_level, quiet)
     out = out or Path("models") / video.stem
     notes: list[str] = []          # printed after a successful build, so a failure prints one line
     try:
@@ -166,8 +182,10 @@ def _format_description(d: dict) -> str:
 @main.command()
 @click.argument("package", type=click.Path(path_type=Path))
 @click.option("--json", "as_json", is_flag=True, help="Print as JSON.")
-def inspect(package, as_json):
+@cliutil.logging_options("Log warnings and errors only.")
+def inspect(package, as_json, quiet, log_level):
     """Show what is inside PACKAGE: frames, lost frames, jitter, files."""
+    cliutil.setup_logging(log_level, quiet)
     try:
         d = describe(Package.open(package))
     except LipsyncError as exc:
@@ -177,9 +195,10 @@ def inspect(package, as_json):
 
 @main.command("verify")
 @click.argument("package", type=click.Path(path_type=Path))
-@click.option("-q", "--quiet", is_flag=True, help="Print nothing on success.")
-def verify_cmd(package, quiet):
+@cliutil.logging_options("Print nothing on success.")
+def verify_cmd(package, quiet, log_level):
     """Check every file of PACKAGE against its manifest's sha256; exit non-zero naming the bad file."""
+    cliutil.setup_logging(log_level, quiet)
     try:
         checked = verify(package)
     except LipsyncError as exc:
@@ -187,6 +206,8 @@ def verify_cmd(package, quiet):
     if not quiet:
         click.echo(f"ok: {package}: {len(checked)} files match the manifest")
 
+
+cliutil.show_envvars(main)
 
 if __name__ == "__main__":
     main(prog_name="lipsync-pack")

@@ -1,10 +1,10 @@
 """The package manifest schema, and a validator for the JSON-schema subset it uses.
 
-The runtime must import fast and depend on numpy, opencv, torch and websockets
-only, so it cannot use ``jsonschema``. ``manifest.schema.json`` needs a handful
-of draft 2020-12 keywords; this module implements exactly those, with
-jsonschema's error paths and messages. Any other keyword is refused rather than
-ignored, so a later schema edit cannot silently weaken validation.
+Hand-written so that the base install (what ``lipsync-serve`` needs) stays free of ``jsonschema``.
+``manifest.schema.json`` needs a handful of draft 2020-12 keywords; this module
+implements exactly those, with jsonschema's error paths and messages. Any other
+keyword is refused rather than ignored, so a later schema edit cannot silently
+weaken validation.
 ``tests/runtime/test_schema.py`` checks it against ``jsonschema.Draft202012Validator``.
 """
 

@@ -1,8 +1,9 @@
 """``lipsync-eval PACKAGE``: latency and lip-sync quality, written to a report folder.
 
 A thin shell over :func:`toolkit.evaluate.evaluate.evaluate`. Expected failures
-print one ``error:`` line and exit non-zero; options can come from the
-environment (``LIPSYNC_EVAL_GENERATOR=static,retrieval``).
+print one ``error:`` line and exit non-zero. Options follow
+:mod:`runtime.cliutil`; each can come from the environment as
+``LIPSYNC_EVAL_<OPTION>`` (``LIPSYNC_EVAL_GENERATOR=static,retrieval``).
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from pathlib import Path
 
 import click
 
-from runtime import __version__
+from runtime import cliutil
 from runtime.errors import InputError, LipsyncError
 
 
@@ -25,7 +26,7 @@ def _sigterm(signum, frame):
     raise Terminated()
 
 
-@click.command(context_settings={"auto_envvar_prefix": "LIPSYNC_EVAL", "help_option_names": ["-h", "--help"]})
+@click.command(context_settings=cliutil.context_settings("LIPSYNC_EVAL"))
 @click.argument("package", type=click.Path(path_type=Path))
 @click.option("--audio", type=click.Path(path_type=Path), default=None,
               help="Speech to drive the face (any format ffmpeg reads).")
@@ -40,13 +41,17 @@ def _sigterm(signum, frame):
               help="syncnet_v2.model (from syncnet_python) for LSE-D and LSE-C; skipped without it.")
 @click.option("-o", "--out", type=click.Path(path_type=Path), default=Path("reports"), show_default=True,
               help="Folder that receives <package>-<time>/.")
-@click.option("--quiet", is_flag=True, help="No progress bars; print only the report folder.")
-@click.version_option(__version__, prog_name="lipsync-eval")
-def main(package, audio, holdout, reference, generator, server, syncnet_weights, out, quiet):
+@cliutil.logging_options("No progress bars; print only the report folder.")
+@cliutil.version_option("lipsync-eval")
+def main(package, audio, holdout, reference, generator, server, syncnet_weights, out, quiet, log_level):
     """Evaluate PACKAGE: per-stage latency, quality measures, an output video and an HTML report."""
-    from .evaluate import EvalConfig, evaluate
-    from .report import format_ci, format_offset
+    try:
+        from .evaluate import EvalConfig, evaluate
+        from .report import format_ci, format_offset
+    except ModuleNotFoundError as exc:
+        cliutil.exit_missing_extra(exc, "eval")
 
+    cliutil.setup_logging(log_level, quiet)
     signal.signal(signal.SIGTERM, _sigterm)
     try:
         names = tuple(g.strip() for g in generator.split(",") if g.strip())
@@ -88,6 +93,8 @@ def main(package, audio, holdout, reference, generator, server, syncnet_weights,
         click.echo(f"{c['metric']:<20} {c['a']} - {c['b']}: {format_ci(c['difference'], c['ci95'])}  {c['verdict']}")
     click.echo(f"time       {result.seconds:.1f}s")
 
+
+cliutil.show_envvars(main)
 
 if __name__ == "__main__":
     main(prog_name="lipsync-eval")
