@@ -17,7 +17,7 @@ from runtime.stream import frame_window
 from tests.conftest import AUDIO
 from tests.runtime.conftest import read_wav
 from toolkit.audio import wav_bytes
-from toolkit.evaluate.evaluate import EvalConfig, evaluate
+from toolkit.evaluate.run import EvalConfig, evaluate
 from runtime.generators import Chain, GENERATORS
 
 

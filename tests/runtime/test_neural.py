@@ -19,7 +19,7 @@ from .conftest import running_server
 @pytest.fixture(scope="module")
 def trained(built, tmp_path_factory):
     """A copy of the face_1 package with a tiny model trained for a few steps."""
-    from toolkit.train.train import TrainConfig, train
+    from toolkit.train.loop import TrainConfig, train
 
     root = tmp_path_factory.mktemp("neural") / "face1"
     shutil.copytree(built("face_1").path, root)

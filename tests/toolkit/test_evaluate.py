@@ -17,7 +17,7 @@ from runtime.protocol import SampleFormat
 from runtime.schema import iter_errors, load_schema
 from tests.conftest import AUDIO, ROOT, VIDEOS, ffmpeg
 from toolkit.evaluate import quality
-from toolkit.evaluate.evaluate import EvalConfig, evaluate
+from toolkit.evaluate.run import EvalConfig, evaluate
 from toolkit.evaluate.report import SCHEMA_PATH
 from toolkit.faces import create as create_backend
 
@@ -244,7 +244,7 @@ def closed_after_speech(package_root, generator: str) -> tuple[float, np.ndarray
     """Drive a real session with 2 s of speech, then digital silence and room noise; the share of open
     mouths (measured on the served JPEGs) once the resting mouth has eased in, and the frames' statuses."""
     from toolkit.evaluate import harness
-    from toolkit.evaluate.evaluate import silence_audio
+    from toolkit.evaluate.run import silence_audio
 
     with wave.open(str(AUDIO["eng"])) as w:
         speech = np.frombuffer(w.readframes(w.getnframes()), np.int16).astype(np.float32) / 32768

@@ -16,7 +16,7 @@ from runtime.neural.model import (SIZES, LipSyncUNet, fuse_for_inference, load_w
 from runtime.package import FLAG_LOST, Package, sha256_file, verify
 from runtime.stream import CONTEXT_AFTER
 from toolkit.train.dataset import PackageDataset, step_batches
-from toolkit.train.train import CHECKPOINT_DIR, WEIGHTS, TrainConfig, main, train
+from toolkit.train.loop import CHECKPOINT_DIR, WEIGHTS, TrainConfig, main, train
 
 TINY = TrainConfig(size="tiny", batch=4, lr=2e-3, seed=3, checkpoint_every=1000, minutes=5)
 

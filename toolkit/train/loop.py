@@ -1,0 +1,343 @@
+"""Train :class:`runtime.neural.model.LipSyncUNet` on one package and store the weights in it.
+
+``lipsync-pack train PACKAGE --size small --minutes 15`` (or :func:`train`):
+
+1. **Data.** :class:`toolkit.train.dataset.PackageDataset`: training frames only,
+   a random other training frame as the reference, batches a pure function of
+   ``(seed, step)``.
+2. **Loss.** L1 over the image plus ``ssim_weight`` x (1 - SSIM) / 2 over the
+   mask box, both weighted per pixel by ``1 + mouth_weight`` on the dilated lip
+   hull and 1 elsewhere, so the few hundred mouth pixels are not drowned by the
+   face the skip connections copy.
+3. **Optimiser.** AdamW at a constant learning rate (the step count is not known
+   in advance: the budget is wall-clock minutes).
+4. **Stopping.** At ``minutes`` of training time or ``max_steps`` steps, both
+   counted over all runs of one checkpoint, so an interrupted 15-minute run
+   resumed with ``--resume`` trains 15 minutes in all.
+5. **Checkpoints.** Every ``checkpoint_every`` steps and at the end, in the
+   package's hidden ``.train/`` folder (hidden names are not part of a package):
+   ``checkpoint.safetensors`` holds the model and AdamW's moment tensors,
+   ``checkpoint.json`` the step, seconds, losses, configs and optimiser
+   hyper-parameters, and the sha256 of the tensors file it belongs with. No
+   pickle. No random-generator state is needed: initialisation depends on the
+   seed only, batches on ``(seed, step)`` only, so a resumed run continues
+   exactly as an uninterrupted one would (with ``num_workers`` 0 or more).
+6. **Publishing.** :func:`toolkit.writer.add_file` writes the weights to
+   ``PACKAGE/neural.safetensors`` (temporary name, then rename), then rewrites
+   ``manifest.json`` the same way with the file in ``files`` and the model's
+   description in ``extra.neural``. A reader
+   that opens the package between the two renames sees new weights under an old
+   checksum and fails ``verify`` until the manifest lands a moment later.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import sys
+import time
+from dataclasses import asdict, dataclass, field, replace
+from datetime import datetime, timezone
+from pathlib import Path
+
+import click
+import numpy as np
+import torch
+import torch.nn.functional as F
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save as safetensors_bytes
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from runtime.errors import InputError, LipsyncError, PackageError
+from runtime.files import write_atomic
+from runtime.mouth import MOUTH_FILE
+from runtime.neural.model import SIZES, LipSyncUNet, ModelConfig, prepare_inputs, weights_bytes
+from runtime.package import Package, sha256_file
+from runtime.package import NEURAL_WEIGHTS as WEIGHTS  # in the package, listed in manifest files
+from toolkit.writer import add_file
+
+from .dataset import PackageDataset, collate, step_batches
+from .mouth import refit as refit_mouth
+
+CHECKPOINT_DIR = ".train"               # hidden: never part of the package
+CHECKPOINT = "checkpoint.safetensors"
+CHECKPOINT_META = "checkpoint.json"
+SSIM_WINDOW = 7                         # px, uniform window (as in the SSIM of many GAN repos)
+SSIM_C1, SSIM_C2 = 0.01 ** 2, 0.03 ** 2  # the SSIM paper's constants for a [0, 1] range
+FINAL_LOSS_STEPS = 20                   # final_loss: mean over the last 20 steps, not one noisy batch
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    size: str = "small"             # runtime.neural.model.SIZES key: tiny (tests), small (CPU), full (GPU)
+    device: str = "cpu"             # torch device
+    batch: int = 8                  # examples per step; 8 keeps a small step near 0.35 s on 2 cores
+    lr: float = 1e-3                # AdamW, constant
+    weight_decay: float = 1e-4      # AdamW's decoupled decay; small, the data is one speaker
+    minutes: float = 15.0           # training wall-clock budget over all runs of a checkpoint
+    max_steps: int | None = None    # also stop at this total step count (None: the budget alone)
+    seed: int = 0                   # initialisation and every batch; equal seeds, equal runs
+    checkpoint_every: int = 200     # steps between checkpoints (~70 s for small on 2 cores)
+    mouth_weight: float = 4.0       # extra loss weight on the lip hull: weight there is 1 + this
+    ssim_weight: float = 0.5        # weight of (1 - SSIM) / 2 next to L1
+    augment: bool = True            # shift crops within the package's 4 px margin
+    num_workers: int = 0            # DataLoader processes; reading crops is cheap next to a step
+    threads: int = 0                # torch CPU threads; 0: every core this process may use
+    shape: bool = True              # condition on the mouth-shape model's prediction (runtime.mouth)
+
+
+@dataclass
+class TrainResult:
+    """What :func:`train` did; ``seconds`` and ``steps`` count every run of the checkpoint."""
+
+    weights: Path
+    sha256: str
+    steps: int
+    seconds: float
+    final_loss: float                       # mean of the last FINAL_LOSS_STEPS step losses
+    ms_per_step: float                      # this run's wall time per step (nan if it took none)
+    losses: list = field(default_factory=list, repr=False)
+
+
+def ssim_map(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Per-pixel SSIM of two (B, C, H, W) images in [0, 1] over a uniform window: (B, C, H, W)."""
+    def mean(t):
+        return F.avg_pool2d(t, SSIM_WINDOW, 1, SSIM_WINDOW // 2, count_include_pad=False)
+    mx, my = mean(x), mean(y)
+    vx, vy, cxy = mean(x * x) - mx * mx, mean(y * y) - my * my, mean(x * y) - mx * my
+    return (2 * mx * my + SSIM_C1) * (2 * cxy + SSIM_C2) / ((mx * mx + my * my + SSIM_C1) * (vx + vy + SSIM_C2))
+
+
+def lipsync_loss(pred: torch.Tensor, target: torch.Tensor, mouth: torch.Tensor, config: TrainConfig,
+                 box: tuple) -> torch.Tensor:
+    """Mouth-weighted L1 over the image + (1 - SSIM) / 2 over the mask box.
+
+    SSIM is computed only in the mask box, widened by half a window (outside it the
+    output is a copy of the input and is never pasted back): 5x cheaper than over
+    the whole image, where it took a quarter of a training step.
+
+    Parameters
+    ----------
+    pred, target : torch.Tensor [shape=(B, 3, px, px), in [0, 1]]
+    mouth : torch.Tensor [shape=(B, px, px)], 1 on the dilated lip hull
+    box : (x0, y0, x1, y1), the mask box in model pixels
+    """
+    w = (1 + config.mouth_weight * mouth)[:, None]                 # (B, 1, px, px)
+    l1 = (w * (pred - target).abs()).sum() / (w.sum() * pred.shape[1])
+    pad, side = SSIM_WINDOW // 2, pred.shape[-1]
+    xs = slice(max(box[0] - pad, 0), min(box[2] + pad, side))
+    ys = slice(max(box[1] - pad, 0), min(box[3] + pad, side))
+    wb = w[:, :, ys, xs]                                            # (B, 1, h, w)
+    ssim = ssim_map(pred[:, :, ys, xs].contiguous(), target[:, :, ys, xs].contiguous())
+    dssim = (wb * (1 - ssim) / 2).sum() / (wb.sum() * pred.shape[1])
+    return l1 + config.ssim_weight * dssim
+
+
+def save_checkpoint(folder: Path, model: LipSyncUNet, opt: torch.optim.Optimizer, state: dict,
+                    cfg: ModelConfig, config: TrainConfig) -> None:
+    """Model and AdamW tensors to safetensors, everything else to JSON; both written atomically."""
+    folder.mkdir(exist_ok=True)
+    opt_state = opt.state_dict()
+    tensors = {f"model.{k}": v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    for pid, slots in opt_state["state"].items():
+        tensors.update({f"optim.{pid}.{k}": torch.as_tensor(v).detach().cpu().contiguous()
+                        for k, v in slots.items()})
+    data = safetensors_bytes(tensors)
+    write_atomic(folder / CHECKPOINT, data)
+    meta = dict(state, model_config=json.loads(cfg.to_json()), train_config=asdict(config),
+                param_groups=opt_state["param_groups"], tensors_sha256=sha256_file(folder / CHECKPOINT))
+    write_atomic(folder / CHECKPOINT_META, (json.dumps(meta) + "\n").encode())
+
+
+def load_checkpoint(folder: Path, model: LipSyncUNet, opt: torch.optim.Optimizer, cfg: ModelConfig) -> dict:
+    """Restore model and optimiser in place; return the ``step``, ``seconds``, ``losses`` state."""
+    tensor_path, meta_path = folder / CHECKPOINT, folder / CHECKPOINT_META
+    if not meta_path.is_file() or not tensor_path.is_file():
+        raise InputError(f"{folder}: no checkpoint to resume from; train without --resume first")
+    try:
+        meta = json.loads(meta_path.read_text(encoding="utf-8"))
+        if meta["tensors_sha256"] != sha256_file(tensor_path):
+            raise ValueError(f"{CHECKPOINT} does not belong with {CHECKPOINT_META}")
+        saved = ModelConfig.from_json(json.dumps(meta["model_config"]))
+        if saved != cfg:
+            if saved.size != cfg.size:
+                fix = f"pass --size {saved.size}"
+            elif saved.shape_dim != cfg.shape_dim:
+                fix = f"pass {'--shape' if saved.shape_dim else '--no-shape'}"
+            else:
+                fix = "the package's mouth-shape model changed since; train afresh"
+            raise InputError(f"{folder}: the checkpoint's model ({saved.size}, shape conditioning "
+                             f"{'on' if saved.shape_dim else 'off'}) differs from this run's ({cfg.size}, "
+                             f"{'on' if cfg.shape_dim else 'off'}); {fix} or drop --resume")
+        with safe_open(str(tensor_path), framework="pt", device="cpu") as f:
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
+        model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")}, strict=True)
+        slots: dict = {}
+        for key, value in tensors.items():
+            if key.startswith("optim."):
+                _, pid, name = key.split(".", 2)
+                slots.setdefault(int(pid), {})[name] = value
+        groups = [dict(g, betas=tuple(g["betas"])) for g in meta["param_groups"]]
+        opt.load_state_dict({"state": slots, "param_groups": groups})
+    except (KeyError, ValueError, TypeError, RuntimeError, SafetensorError) as exc:
+        reason = " ".join(str(exc).split())[:300]
+        raise PackageError(f"{folder}: unusable checkpoint ({reason}); train without --resume") from None
+    return {"step": int(meta["step"]), "seconds": float(meta["seconds"]), "losses": list(meta["losses"])}
+
+
+def publish(root: Path, model: LipSyncUNet, cfg: ModelConfig, config: TrainConfig, state: dict) -> tuple:
+    """Write ``neural.safetensors`` into the package and record it in the manifest; (path, sha256)."""
+    final_loss = float(np.mean(state["losses"][-FINAL_LOSS_STEPS:])) if state["losses"] else float("nan")
+    data = weights_bytes(model, cfg, metadata={"steps": state["step"], "final_loss": f"{final_loss:.6f}"})
+    digest = hashlib.sha256(data).hexdigest()
+    add_file(root, WEIGHTS, data, "neural", {
+        "file": WEIGHTS, "sha256": digest, "config": json.loads(cfg.to_json()),
+        "train": asdict(config), "steps": state["step"], "seconds": round(state["seconds"], 2),
+        "final_loss": round(final_loss, 6) if math.isfinite(final_loss) else None,
+        "trained": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+    })
+    return root / WEIGHTS, digest
+
+
+def shape_config(cfg: ModelConfig, shape_model, package: Package) -> ModelConfig:
+    """``cfg`` conditioned on the package's mouth-shape model: its K coefficients, scaled by their spread
+    over the training frames' predictions."""
+    from runtime.stream import window_features
+
+    frames = package.usable_train_frames
+    pred = shape_model.predict(window_features(np.asarray(package.mel), frames, package.fps), restore=False)
+    scale = tuple(round(float(v), 6) for v in np.maximum(pred.std(0), 1e-3))
+    return replace(cfg, shape_dim=len(scale), shape_scale=scale)
+
+
+def train(package_path: str | Path, config: TrainConfig = TrainConfig(), resume: bool = False,
+          progress: bool = True) -> TrainResult:
+    """Train on a package's training frames and store the weights in the package.
+
+    Parameters
+    ----------
+    package_path : path of a package folder (written to: weights, manifest, ``.train/``)
+    config : TrainConfig
+    resume : bool
+        Continue from ``PACKAGE/.train``'s checkpoint (its model size must match).
+    progress : bool
+        Show a tqdm bar with the loss and the time left of the budget.
+
+    Raises
+    ------
+    InputError
+        Unknown size, too few training frames, or nothing to resume.
+    PackageError
+        The package or the checkpoint is unreadable.
+    """
+    root = Path(package_path)
+    package = Package.open(root)
+    if config.size not in SIZES:
+        raise InputError(f"size {config.size!r}: expected one of {', '.join(sorted(SIZES))}")
+    shape_model = refit_mouth(root)     # the mouth-shape model follows the package's current frames
+    package = Package.open(root)
+    cfg, device = SIZES[config.size], torch.device(config.device)
+    if config.shape:
+        cfg = shape_config(cfg, shape_model, package)
+    torch.set_num_threads(config.threads or len(os.sched_getaffinity(0)))
+    torch.manual_seed(config.seed)
+    model = LipSyncUNet(cfg).to(device)
+    opt = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    state = {"step": 0, "seconds": 0.0, "losses": []}
+    if resume:
+        state = load_checkpoint(root / CHECKPOINT_DIR, model, opt, cfg)
+        for group in opt.param_groups:          # this run's hyper-parameters win
+            group.update(lr=config.lr, weight_decay=config.weight_decay)
+    data = PackageDataset(package, cfg, augment=config.augment, seed=config.seed)
+    loader = DataLoader(data, batch_sampler=step_batches(len(data), config.batch, config.seed, state["step"]),
+                        num_workers=config.num_workers, collate_fn=collate)
+    max_steps = math.inf if config.max_steps is None else config.max_steps
+    budget, first_step, seconds_before = config.minutes * 60, state["step"], state["seconds"]
+    bar = tqdm(total=None if max_steps == math.inf else max_steps, initial=first_step, unit="step",
+               disable=not progress, dynamic_ncols=True, desc=f"train {cfg.size}")
+    model.train()
+    batches, start, smooth = iter(loader), time.perf_counter(), None
+    while state["step"] < max_steps and state["seconds"] < budget:
+        batch = next(batches)
+        images, mel, target = prepare_inputs(batch["reference"].to(device), batch["target"].to(device),
+                                             batch["mel"].to(device), cfg)
+        shape = None
+        if cfg.shape_dim:
+            shape = torch.from_numpy(shape_model.predict(batch["mel"].numpy(), restore=False)).to(device)
+        loss = lipsync_loss(model(images, mel, shape), target, batch["mouth"].to(device), config,
+                            cfg.mask_box(cfg.px))
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        value = loss.detach().item()
+        state["losses"].append(value)
+        state["step"] += 1
+        state["seconds"] = seconds_before + time.perf_counter() - start
+        if state["step"] % config.checkpoint_every == 0:
+            save_checkpoint(root / CHECKPOINT_DIR, model, opt, state, cfg, config)
+        smooth = value if smooth is None else 0.95 * smooth + 0.05 * value
+        per_step = (time.perf_counter() - start) / (state["step"] - first_step)
+        left = min(max_steps - state["step"], max(budget - state["seconds"], 0) / per_step)
+        bar.total = state["step"] + math.ceil(left)             # tqdm's ETA then is the budget's
+        bar.set_postfix(loss=f"{smooth:.4f}", refresh=False)
+        bar.update(1)
+    bar.close()
+    ran = state["step"] - first_step
+    ms_per_step = (time.perf_counter() - start) / ran * 1e3 if ran else float("nan")
+    save_checkpoint(root / CHECKPOINT_DIR, model, opt, state, cfg, config)
+    path, digest = publish(root, model.eval(), cfg, config, state)
+    final = float(np.mean(state["losses"][-FINAL_LOSS_STEPS:])) if state["losses"] else float("nan")
+    return TrainResult(weights=path, sha256=digest, steps=state["step"], seconds=state["seconds"],
+                       final_loss=final, ms_per_step=ms_per_step, losses=state["losses"])
+
+
+@click.command(context_settings={"auto_envvar_prefix": "LIPSYNC_TRAIN", "help_option_names": ["-h", "--help"]})
+@click.argument("package", type=click.Path(path_type=Path))
+@click.option("--size", type=click.Choice(sorted(SIZES)), default="small", show_default=True,
+              help="Model size: small trains on a CPU, full wants a GPU, tiny is for tests.")
+@click.option("--device", default="cpu", show_default=True, help="Torch device (cpu, cuda).")
+@click.option("--batch", type=int, default=8, show_default=True, help="Examples per step.")
+@click.option("--lr", type=float, default=1e-3, show_default=True, help="AdamW learning rate.")
+@click.option("--minutes", type=float, default=15.0, show_default=True,
+              help="Training time budget, counted over resumed runs too.")
+@click.option("--max-steps", type=int, default=None, help="Also stop at this many steps in all.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of initialisation and batches.")
+@click.option("--checkpoint-every", type=int, default=200, show_default=True, help="Steps between checkpoints.")
+@click.option("--workers", type=int, default=0, show_default=True, help="DataLoader worker processes.")
+@click.option("--resume", is_flag=True, help="Continue from PACKAGE/.train's checkpoint.")
+@click.option("--shape/--no-shape", default=True, show_default=True,
+              help="Condition the network on the mouth shape the package's mouth model predicts from the audio.")
+@click.option("--mouth-only", is_flag=True,
+              help="Only refit the mouth-shape model (seconds; upgrades a package built before format 1.1).")
+@click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
+def main(package, size, device, batch, lr, minutes, max_steps, seed, checkpoint_every, workers, resume, shape,
+         mouth_only, quiet):
+    """Train the neural generator on PACKAGE and store neural.safetensors in it.
+
+    The package's mouth-shape model (mouth.safetensors) is refitted first.
+    """
+    if mouth_only:
+        try:
+            model = refit_mouth(package)
+        except LipsyncError as exc:
+            click.echo(f"error: {exc}", err=True)
+            sys.exit(exc.exit_code)
+        click.echo(f"{Path(package) / MOUTH_FILE}: fitted on {model.info['frames']} frames in "
+                   f"{model.info['seconds']:.2f} s, cross-validated opening r = {model.info['cv_opening_r']:.2f}")
+        return
+    try:
+        config = TrainConfig(size=size, device=device, batch=batch, lr=lr, minutes=minutes, max_steps=max_steps,
+                             seed=seed, checkpoint_every=checkpoint_every, num_workers=workers, shape=shape)
+        result = train(package, config, resume=resume, progress=not quiet and sys.stderr.isatty())
+    except LipsyncError as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(exc.exit_code)
+    click.echo(f"{result.weights}: {result.steps} steps, {result.seconds:.0f} s, final loss {result.final_loss:.4f},"
+               f" {result.ms_per_step:.0f} ms/step")
+
+
+if __name__ == "__main__":
+    main()
