@@ -46,7 +46,7 @@ class _Group(click.Group):
     def get_command(self, ctx, name):
         if name == "train":
             try:
-                from .train.train import main as train_main
+                from .train.loop import main as train_main
             except ModuleNotFoundError as exc:
                 return _unavailable("train", exc, "train")
             return cliutil.show_envvars(train_main)

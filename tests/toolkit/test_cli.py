@@ -77,7 +77,7 @@ def test_eval_quiet_prints_only_the_report_folder(monkeypatch, tmp_path):
         seen.append((config.progress, logging.getLogger().level))
         return SimpleNamespace(path=tmp_path / "r")
 
-    monkeypatch.setattr("toolkit.evaluate.evaluate.evaluate", fake_evaluate)
+    monkeypatch.setattr("toolkit.evaluate.run.evaluate", fake_evaluate)
     result = CliRunner().invoke(eval_main, ["pkg", "--audio", "a.wav", "-q"])
     assert result.exit_code == 0 and result.output == f"{tmp_path / 'r'}\n"
     assert seen == [(False, logging.WARNING)]
@@ -142,7 +142,7 @@ def test_inspect_missing_package(tmp_path):
 
 def test_a_missing_extra_is_one_line(monkeypatch):
     """Without the extras (a plain `pip install .`), build, train and eval say what to install."""
-    for module in ("toolkit.build", "toolkit.train.train", "toolkit.train.mouth", "toolkit.evaluate.evaluate"):
+    for module in ("toolkit.build", "toolkit.train.loop", "toolkit.train.mouth", "toolkit.evaluate.run"):
         monkeypatch.delitem(sys.modules, module, raising=False)
     monkeypatch.setitem(sys.modules, "tqdm", None)          # as if not installed
     result = CliRunner().invoke(main, ["build", "v.mp4"])

@@ -1,6 +1,6 @@
 """``lipsync-eval PACKAGE``: latency and lip-sync quality, written to a report folder.
 
-A thin shell over :func:`toolkit.evaluate.evaluate.evaluate`. Expected failures
+A thin shell over :func:`toolkit.evaluate.run.evaluate`. Expected failures
 print one ``error:`` line and exit non-zero. Options follow
 :mod:`runtime.cliutil`; each can come from the environment as
 ``LIPSYNC_EVAL_<OPTION>`` (``LIPSYNC_EVAL_GENERATOR=static,retrieval``).
@@ -46,7 +46,7 @@ def _sigterm(signum, frame):
 def main(package, audio, holdout, reference, generator, server, syncnet_weights, out, quiet, log_level):
     """Evaluate PACKAGE: per-stage latency, quality measures, an output video and an HTML report."""
     try:
-        from .evaluate import EvalConfig, evaluate
+        from .run import EvalConfig, evaluate
         from .report import format_ci, format_offset
     except ModuleNotFoundError as exc:
         cliutil.exit_missing_extra(exc, "eval")
