@@ -110,14 +110,35 @@ class Package:
 
     @classmethod
     def open(cls, path: str | Path) -> "Package":
-        """Validate the manifest and check that every listed file is present."""
+        """Validate the manifest and check every listed file cheaply (no hashing).
+
+        Each file must be present (weights may be missing), lie inside the package
+        folder (no link out of it), have the size the manifest records; each array's
+        header must match its manifest dtype and shape, and each weights file's
+        header must describe tensors that fit the file. ``verify`` also hashes.
+        """
         root = Path(path)
         manifest = read_manifest(root)
         missing = [name for name in manifest["files"]
                    if not (root / name).is_file() and name not in OPTIONAL_FILES]
         if missing:
             raise PackageError(f"{root}: missing file {missing[0]}; the package is incomplete, rebuild it")
-        return cls(root=root, manifest=manifest)
+        pkg = cls(root=root, manifest=manifest)
+        real_root = root.resolve()
+        for name, entry in manifest["files"].items():
+            fpath = root / name
+            if not fpath.is_file():
+                continue
+            _inside(fpath, real_root)
+            size = fpath.stat().st_size
+            if size != entry["bytes"]:
+                raise PackageError(f"{fpath}: {size} bytes, manifest says {entry['bytes']}; the file is truncated "
+                                   f"or altered, run `lipsync-pack verify {root}` and rebuild")
+            if name.endswith(".npy"):
+                pkg.array(name[:-4])
+            elif name.endswith(".safetensors"):
+                check_safetensors(fpath)
+        return pkg
 
     def array(self, name: str) -> np.ndarray:
         """Memory-map ``NAME.npy`` read-only, checking dtype and shape against the manifest."""
@@ -128,8 +149,10 @@ class Package:
                 raise PackageError(f"{self.root}: no array {fname} in this package")
             try:
                 arr = np.load(self.root / fname, mmap_mode="r", allow_pickle=False)
-            except (ValueError, OSError) as exc:
-                raise PackageError(f"{self.root / fname}: unreadable ({exc}); run `lipsync-pack verify`") from None
+            except Exception as exc:        # a damaged header fails in numpy's parser in several ways
+                why = " ".join(str(exc).split())[:200] or type(exc).__name__
+                raise PackageError(f"{self.root / fname}: unreadable ({why}); run `lipsync-pack verify "
+                                   f"{self.root}` and rebuild") from None
             if str(arr.dtype) != entry["dtype"] or list(arr.shape) != entry["shape"]:
                 raise PackageError(f"{self.root / fname}: holds {arr.dtype}{list(arr.shape)}, manifest says"
                                    f" {entry['dtype']}{entry['shape']}; the package is corrupt, rebuild it")
@@ -204,14 +227,68 @@ def verify(path: str | Path) -> list[str]:
         fpath = root / name
         if not fpath.is_file():
             raise PackageError(f"{fpath}: missing; the package is incomplete, rebuild it")
+        _inside(fpath, root)
         size = fpath.stat().st_size
         if size != entry["bytes"]:
             raise PackageError(f"{fpath}: {size} bytes, manifest says {entry['bytes']}; the file was altered")
         if sha256_file(fpath) != entry["sha256"]:
             raise PackageError(f"{fpath}: sha256 does not match the manifest; the file was altered or corrupted")
         checked.append(name)
-    pkg = Package(root=root, manifest=manifest)  # every file is present: check the array headers
+    pkg = Package(root=root, manifest=manifest)  # every file is present: check the headers
     for name in manifest["files"]:
         if name.endswith(".npy"):
             pkg.array(name[:-4])
+        elif name.endswith(".safetensors"):
+            check_safetensors(root / name)
     return checked
+
+
+def _inside(fpath: Path, root: Path) -> None:
+    """PackageError if ``fpath`` is a link to somewhere outside the package folder ``root``."""
+    if not fpath.resolve().is_relative_to(root.resolve()):
+        raise PackageError(f"{fpath}: links to {fpath.resolve()}, outside the package folder; "
+                           "copy the file into the package")
+
+
+_SAFETENSORS_SIZES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1,
+                      "U8": 1, "BOOL": 1}
+_MAX_HEADER = 1 << 24
+
+
+def check_safetensors(path: Path) -> None:
+    """PackageError unless ``path`` has a readable safetensors header whose tensors fit the file.
+
+    Reads the header only (8-byte length, JSON); tensors are not read.
+    """
+    def bad(why: str) -> PackageError:
+        return PackageError(f"{path}: not a readable safetensors file ({why}); "
+                            "retrain or rebuild to write it again")
+
+    try:
+        size = path.stat().st_size
+        with open(path, "rb") as f:
+            head = f.read(8)
+            if len(head) < 8:
+                raise bad("shorter than its 8-byte header length")
+            n = int.from_bytes(head, "little")
+            if n > min(_MAX_HEADER, size - 8):
+                raise bad(f"header length {n} does not fit the file")
+            header = json.loads(f.read(n).decode("utf-8"))
+    except OSError as exc:
+        raise PackageError(f"{path}: unreadable ({exc.strerror})") from None
+    except (UnicodeDecodeError, ValueError, RecursionError):
+        raise bad("its header is not JSON") from None
+    if not isinstance(header, dict):
+        raise bad("its header is not a JSON object")
+    data = size - 8 - n
+    for name, t in header.items():
+        if name == "__metadata__":
+            continue
+        try:
+            itemsize = _SAFETENSORS_SIZES[t["dtype"]]
+            count = int(np.prod([int(d) for d in t["shape"]], dtype=np.int64))
+            start, stop = (int(v) for v in t["data_offsets"])
+        except (KeyError, TypeError, ValueError):
+            raise bad(f"tensor {str(name)[:60]!r} has no valid dtype, shape and offsets") from None
+        if not 0 <= start <= stop <= data or stop - start != count * itemsize:
+            raise bad(f"tensor {str(name)[:60]!r} does not fit the file")

@@ -45,7 +45,7 @@ from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
 from . import __version__
-from .errors import LipsyncError
+from .errors import LipsyncError, PackageError
 from .metrics import Metrics
 from .mouth import for_package
 from .options import ServeOptions, is_loopback
@@ -168,11 +168,21 @@ class LipsyncServer:
         self.pool = WorkerPool(store.path, options.workers, options.render)
         self._server = None
         self._sessions: dict[asyncio.Task, OutQueue] = {}     # each session's task and outgoing queue
+        self.refused: dict[str, str] = {}                     # packages left out at start, and why
+        self._checked = False
         self.port: int | None = None
 
     # ------------------------------------------------------------ lifecycle
 
+    def check(self) -> None:
+        """Check every package (:func:`check_packages`); a lone broken package raises PackageError."""
+        self.refused.clear()
+        check_packages(self.store, self.refused)
+        self._checked = True
+
     async def start(self) -> None:
+        if not self._checked:
+            await asyncio.to_thread(self.check)
         await self.pool.start()
         self._server = await websocket_serve(
             self._connection, self.config.host, self.config.port,
@@ -246,8 +256,9 @@ class LipsyncServer:
         url = urlsplit(request.path)
         path, query = url.path, parse_qs(url.query)
         if path == "/health":
-            return _json(200, {"status": "ok", "version": __version__, "packages": len(self.store.names()),
-                               "sessions": self.metrics.sessions_active})
+            return _json(200, {"status": "ok", "version": __version__,
+                               "packages": len(self.store.names()),
+                               "refused": self.refused, "sessions": self.metrics.sessions_active})
         host = request.headers.get("Host", "")
         if not self._host_allowed(host):
             self.metrics.count("refused_host")
@@ -398,11 +409,12 @@ class LipsyncServer:
                 return
 
 
-def check_packages(store: PackageStore) -> list[str]:
-    """Open every package now, so that a broken one shows at start, not mid-session.
+def check_packages(store: PackageStore, refused: dict | None = None) -> list[str]:
+    """Open every package now (cheap checks, no hashing), so that a broken one shows at start, not mid-session.
 
     A single package that cannot serve raises its PackageError; in a folder of
-    packages, broken ones are skipped with a warning. Returns the servable names.
+    packages, broken ones are left out with one warning line each (and their
+    reason put in ``refused``). Returns the servable names.
     """
     good = []
     for name in store.names():
@@ -413,9 +425,16 @@ def check_packages(store: PackageStore) -> list[str]:
         except LipsyncError as exc:
             if store.single:
                 raise
-            log.warning("skipping %s: %s", name, exc)
+            reason = " ".join(str(exc).split())
+            log.warning("leaving out %s: %s", name, reason)
+            if refused is not None:
+                refused[name] = reason
+            store.leave_out(name)
             continue
         good.append(name)
+    if not good:
+        raise PackageError(f"{store.path}: none of its packages can be served: "
+                           + "; ".join(f"{n}: {r}" for n, r in (refused or {}).items())[:900])
     return good
 
 
@@ -443,5 +462,6 @@ def serve(path, options: ServeOptions = ServeOptions(), ready=None) -> None:
     """
     options.check()
     store = PackageStore(path)
-    check_packages(store)
-    asyncio.run(serve_until_signal(LipsyncServer(store, options), ready))
+    server = LipsyncServer(store, options)
+    server.check()
+    asyncio.run(serve_until_signal(server, ready))

@@ -4,19 +4,17 @@
 (``lipsync-serve models/anchor``) or every package folder directly inside a
 directory (``lipsync-serve models/``). A name is a folder name matching
 NAME_RE; it is looked up among the folders listed, never joined onto a path,
-so it cannot leave the served folder.
+so it cannot leave the served folder; nor can a symbolic link: a package
+folder whose real path lies outside the served folder is refused.
 """
 
 from __future__ import annotations
 
-import re
 import threading
 from pathlib import Path
 
-from .errors import InputError
-from .package import MANIFEST, Package
-
-NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+from .errors import InputError, PackageError
+from .package import MANIFEST, NAME_RE, Package
 
 
 class PackageStore:
@@ -37,6 +35,7 @@ class PackageStore:
         self.root = root.parent if self.single else root
         self._only = root.name if self.single else None
         self._open: dict[str, Package] = {}
+        self._left_out: set[str] = set()
         self._lock = threading.Lock()
         if not self.names():
             raise InputError(f"{path}: no packages here (no */manifest.json); build one with "
@@ -47,21 +46,34 @@ class PackageStore:
         if self._only is not None:
             return [self._only]
         return sorted(p.name for p in self.root.iterdir()
-                      if NAME_RE.match(p.name) and (p / MANIFEST).is_file())
+                      if NAME_RE.match(p.name) and p.name not in self._left_out and (p / MANIFEST).is_file())
+
+    def leave_out(self, name: str) -> None:
+        """Stop offering package ``name`` (it failed its checks)."""
+        self._left_out.add(name)
+        self._open.pop(name, None)
 
     @property
     def default(self) -> str:
         return self.names()[0]
 
     def folder(self, name: str) -> Path:
-        """The folder of package ``name``; KeyError if there is no such package."""
+        """The folder of package ``name``.
+
+        KeyError if there is no such package; PackageError if, in a folder of
+        packages, it is a link to somewhere outside that folder.
+        """
         if self._only is not None:                     # one package: its folder name, whatever it is
             if name != self._only:
                 raise KeyError(name)
             return self.root / name
         if not isinstance(name, str) or not NAME_RE.match(name) or name not in self.names():
             raise KeyError(name)
-        return self.root / name
+        folder = self.root / name
+        if not folder.resolve().is_relative_to(self.root):
+            raise PackageError(f"{folder}: links to {folder.resolve()}, outside the served folder {self.root}; "
+                               "copy or move the package into it")
+        return folder
 
     def get(self, name: str) -> Package:
         """The open (memory-mapped) package ``name``, opened now if need be.
@@ -79,6 +91,7 @@ class PackageStore:
 
     def close(self) -> None:
         self._open.clear()
+
 
 
 from .render import base_frame  # noqa: E402,F401  TEMPORARY re-export until toolkit/evaluate imports runtime.render

@@ -54,6 +54,20 @@ def built(tmp_path_factory):
     return get
 
 
+def link_package(src: Path, dest: Path) -> Path:
+    """``dest``: a package folder holding hard links to ``src``'s files (a copy across file systems).
+
+    A served folder may not hold symbolic links to packages outside it (the server refuses them).
+    """
+    dest.mkdir(parents=True)
+    for f in Path(src).iterdir():
+        try:
+            os.link(f, dest / f.name)
+        except OSError:
+            shutil.copy2(f, dest / f.name)
+    return dest
+
+
 @pytest.fixture
 def package_copy(built, tmp_path):
     """A private copy of the German_20s package that a test may damage."""

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.conftest import AUDIO
+from tests.conftest import AUDIO, link_package
 
 
 def read_wav(path: Path) -> tuple[np.ndarray, int]:
@@ -37,8 +37,8 @@ def speech() -> np.ndarray:
 def packages_dir(built, tmp_path_factory) -> Path:
     """A folder serving two real packages: anchor (German_20s, 500 frames) and face1 (face_1, 153 frames)."""
     root = tmp_path_factory.mktemp("served")
-    (root / "anchor").symlink_to(built("German_20s").path, target_is_directory=True)
-    (root / "face1").symlink_to(built("face_1").path, target_is_directory=True)
+    link_package(built("German_20s").path, root / "anchor")
+    link_package(built("face_1").path, root / "face1")
     (root / "not-a-package").mkdir()
     return root
 

@@ -150,3 +150,18 @@ def test_range_requests_read_only_the_bytes_they_answer(server, packages_dir):
     status, body, headers = server.get("/packages/anchor/video", {"Range": "bytes=0-"})
     assert status == 206 and body == video[:len(body)] and len(body) <= 4 << 20
     assert headers["Content-Range"] == f"bytes 0-{len(body) - 1}/{len(video)}"
+
+
+def test_a_link_out_of_the_served_folder_is_refused(built, tmp_path):
+    from runtime.errors import PackageError
+    from runtime.server import check_packages
+    from runtime.store import PackageStore
+    from tests.conftest import link_package
+
+    served = tmp_path / "served"
+    link_package(built("face_1").path, served / "inside")
+    (served / "outside").symlink_to(built("German_20s").path, target_is_directory=True)
+    store = PackageStore(served)
+    assert check_packages(store) == ["inside"]                  # the link is left out, with a warning
+    with pytest.raises(PackageError, match="outside the served folder"):
+        store.folder("outside")

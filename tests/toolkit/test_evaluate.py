@@ -15,7 +15,7 @@ from runtime import mouth
 from runtime.package import Package
 from runtime.protocol import SampleFormat
 from runtime.schema import iter_errors, load_schema
-from tests.conftest import AUDIO, ROOT, VIDEOS, ffmpeg
+from tests.conftest import AUDIO, ROOT, VIDEOS, ffmpeg, link_package
 from toolkit.evaluate import quality
 from toolkit.evaluate.run import EvalConfig, evaluate
 from toolkit.evaluate.report import SCHEMA_PATH
@@ -159,7 +159,7 @@ def test_eval_against_a_running_server(built, anchor, tmp_path):
 
     served = tmp_path / "served"
     served.mkdir()
-    (served / anchor.name).symlink_to(anchor, target_is_directory=True)
+    link_package(anchor, served / anchor.name)
     clip = tmp_path / "clip.wav"
     ffmpeg("-i", str(AUDIO["demo1_audio"]), "-t", "3", "-ar", "16000", "-ac", "1", str(clip))
     with running_server(served) as srv:
@@ -278,7 +278,7 @@ def test_eval_renders_the_bytes_the_server_sends(anchor, tmp_path):
     run = harness.run_inprocess(Package.open(anchor), audio, "retrieval")
     served = tmp_path / "served"
     served.mkdir()
-    (served / anchor.name).symlink_to(anchor, target_is_directory=True)
+    link_package(anchor, served / anchor.name)
 
     async def stream(url):
         async with Client(url) as c:
