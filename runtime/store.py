@@ -91,7 +91,3 @@ class PackageStore:
 
     def close(self) -> None:
         self._open.clear()
-
-
-
-from .render import base_frame  # noqa: E402,F401  TEMPORARY re-export until toolkit/evaluate imports runtime.render
