@@ -440,13 +440,13 @@ def check_packages(store: PackageStore, refused: dict | None = None) -> list[str
 
 async def serve_until_signal(server: LipsyncServer, ready=None) -> None:
     """Start ``server``, run until SIGTERM or SIGINT, then drain and stop (within about 2 s)."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):          # before start: a signal right after "ready" drains too
+        loop.add_signal_handler(sig, stop.set)
     await server.start()
     if ready is not None:
         ready(server)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
     await stop.wait()
     log.info("signal received: draining")
     await asyncio.wait_for(server.stop(), timeout=1.8)
