@@ -1,10 +1,13 @@
 """One contract for every landmark backend; backends whose weights are absent are skipped."""
 
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 
 from runtime.errors import InputError
-from tests.conftest import VIDEOS
+from tests.conftest import ROOT, VIDEOS
 from toolkit import faces, video
 from toolkit.faces import fa_backend
 
@@ -72,3 +75,10 @@ def test_auto_prefers_face_alignment_when_weights_present(monkeypatch, tmp_path)
 def test_unknown_backend_is_refused():
     with pytest.raises(InputError, match="choose one of"):
         faces.resolve("mediapipe")
+
+
+def test_registry_holds_the_classes_and_imports_no_backend_library():
+    assert all(issubclass(cls, faces.LandmarkBackend) and cls.name == name for name, cls in faces.BACKENDS.items())
+    code = "import sys, toolkit.faces; print(sorted({'dlib', 'face_alignment', 'torch'} & set(sys.modules)))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=True)
+    assert out.stdout.strip() == "[]"

@@ -12,19 +12,21 @@ name               what it runs                                    device
 
 from __future__ import annotations
 
-import importlib
+from typing import Callable
 
 from runtime.errors import InputError
 
 from . import dlib_backend, fa_backend
 from .base import N_POINTS, LandmarkBackend
 
-# name -> "module:Class"; imported only when chosen, so dlib or torch load only if used.
-BACKENDS = {
-    "dlib": "toolkit.faces.dlib_backend:DlibBackend",
-    "face-alignment": "toolkit.faces.fa_backend:FaceAlignmentBackend",
+# The backend modules are light: each imports its library (dlib; face_alignment
+# and torch) only when its class is instantiated, so listing the classes here
+# loads neither, and face-alignment stays an optional install.
+BACKENDS: dict[str, type[LandmarkBackend]] = {
+    "dlib": dlib_backend.DlibBackend,
+    "face-alignment": fa_backend.FaceAlignmentBackend,
 }
-AVAILABLE = {
+AVAILABLE: dict[str, Callable[[], bool]] = {      # installed, and weights on disk: cheap checks, nothing imported
     "dlib": dlib_backend.available,
     "face-alignment": fa_backend.available,
 }
@@ -51,9 +53,7 @@ def resolve(name: str) -> tuple[str, str]:
 
 def create(name: str, device: str = "cpu") -> LandmarkBackend:
     """Instantiate the backend registered under ``name`` (not ``auto``)."""
-    module_name, _, class_name = BACKENDS[name].partition(":")
-    cls = getattr(importlib.import_module(module_name), class_name)
-    return cls(device=device)
+    return BACKENDS[name](device=device)
 
 
 __all__ = ["BACKENDS", "CHOICES", "LandmarkBackend", "N_POINTS", "create", "resolve"]
