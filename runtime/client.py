@@ -23,6 +23,7 @@ from websockets.exceptions import InvalidStatus
 
 from . import __version__, jpeg
 from .errors import InputError, LipsyncError
+from .features import SAMPLE_RATE
 from .protocol import (CHUNK_MS, MAX_MESSAGE_BYTES, WINDOW_MS, AudioChunk, Capabilities, Error, Frame,
                        Hello, Message, SampleFormat, Stats, StatsRequest, SwitchPackage, WindowRequest,
                        decode, decode_json, encode_as, float32_to_pcm)
@@ -138,14 +139,14 @@ class Client:
         await self.send(SwitchPackage(seq=self.next_seq(), package=package))
         self.package = package
 
-    async def window(self, frame_id: int, samples: np.ndarray, rate: int = 16_000,
+    async def window(self, frame_id: int, samples: np.ndarray, rate: int = SAMPLE_RATE,
                      fmt: SampleFormat = SampleFormat.INT16, package: str = "") -> Frame:
         """Stateless mode: render ``frame_id`` from a 640 ms window of float samples."""
         msg = WindowRequest(seq=self.next_seq(), frame_id=frame_id, sample_rate=rate, sample_format=fmt,
                             package=package, pcm=float32_to_pcm(samples, fmt))
         return await self.expect(msg, Frame)
 
-    async def stream(self, samples: np.ndarray, rate: int = 16_000, fmt: SampleFormat = SampleFormat.INT16,
+    async def stream(self, samples: np.ndarray, rate: int = SAMPLE_RATE, fmt: SampleFormat = SampleFormat.INT16,
                      realtime: bool = False, package: str = "") -> AsyncIterator[tuple[Frame, float]]:
         """Streaming mode: send ``samples`` in 40 ms chunks, yield (FRAME, round-trip seconds) in order.
 
@@ -189,7 +190,7 @@ class Client:
             task.cancel()
 
 
-def window_around(samples: np.ndarray, frame: int, rate: int = 16_000, fps: float = 25.0) -> np.ndarray:
+def window_around(samples: np.ndarray, frame: int, rate: int = SAMPLE_RATE, fps: float = 1000 / CHUNK_MS) -> np.ndarray:
     """The 640 ms of ``samples`` centred on video frame ``frame``'s middle, zero-padded at the ends."""
     half = rate * WINDOW_MS // 2000
     centre = int(round((frame + 0.5) * rate / fps))

@@ -47,11 +47,12 @@ from typing import Any, ClassVar
 import numpy as np
 
 from .errors import LipsyncError
+from .features import SAMPLE_RATE
 
 MAGIC = b"LSYN"
 VERSION = 1
 MAX_MESSAGE_BYTES = 1 << 20          # 1 MiB, whole message including header and CRC
-SAMPLE_RATES = (16_000, 24_000, 48_000)
+SAMPLE_RATES = (SAMPLE_RATE, 24_000, 48_000)   # the features' 16 kHz (no resampling), and two capture rates
 CHUNK_MS = 40                        # one AUDIO_CHUNK = one video frame at 25 fps
 WINDOW_MS = 640                      # one WINDOW_REQUEST window
 MAX_PACKAGE_NAME_BYTES = 64
@@ -209,7 +210,7 @@ class AudioChunk(_AudioMixin, Message):
     An empty ``package`` means the session's current package (see SWITCH_PACKAGE).
     """
 
-    sample_rate: int = 16_000
+    sample_rate: int = SAMPLE_RATE
     sample_format: SampleFormat = SampleFormat.INT16
     package: str = ""
     pcm: bytes = b""
@@ -223,7 +224,7 @@ class WindowRequest(_AudioMixin, Message):
     """Client -> server, stateless mode: render frame ``frame_id`` from a 640 ms window."""
 
     frame_id: int = 0
-    sample_rate: int = 16_000
+    sample_rate: int = SAMPLE_RATE
     sample_format: SampleFormat = SampleFormat.INT16
     package: str = ""
     pcm: bytes = b""

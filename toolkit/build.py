@@ -58,7 +58,7 @@ class BuildConfig:
         try:
             features.samples_per_frame(self.fps)
         except ValueError:
-            raise InputError(f"--fps {self.fps}: must divide 16000 into whole samples (e.g. 25, 20, 32, 40, 50)") from None
+            raise InputError(f"--fps {self.fps}: must divide {features.SAMPLE_RATE} into whole samples (e.g. 25, 20, 32, 40, 50)") from None
         if not 0 <= self.holdout <= 0.5:
             raise InputError(f"--holdout {self.holdout}: must lie between 0 and 0.5")
         if not 16 <= self.crop_inner <= self.crop_size:
