@@ -386,6 +386,12 @@ class LipsyncServer:
                     self.metrics.error(exc.code.name)
                     queue.put(False, encode_as(error_reply(exc), session.encoding))
                     continue
+                except Exception as exc:             # a decoder bug must not end the session
+                    log.exception("decoding a message failed")
+                    exc = ProtocolError(ErrorCode.MALFORMED, f"undecodable message ({type(exc).__name__})")
+                    self.metrics.error(exc.code.name)
+                    queue.put(False, encode_as(error_reply(exc), session.encoding))
+                    continue
                 replies, work = session.prepare(msg, received)
             if work is not None:
                 try:

@@ -165,3 +165,40 @@ def test_a_link_out_of_the_served_folder_is_refused(built, tmp_path):
     assert check_packages(store) == ["inside"]                  # the link is left out, with a warning
     with pytest.raises(PackageError, match="outside the served folder"):
         store.folder("outside")
+
+
+def test_fuzzed_messages_get_answers_and_the_session_goes_on(server, speech):
+    """3000 mutated client messages on one connection: each is answered (ERROR or a reply) or ignored,
+    the connection stays open, and afterwards a clean stream on it still gets its frames."""
+    from runtime.protocol import AudioChunk, Frame, Hello, decode, float32_to_pcm
+
+    from .fuzz import messages
+
+    async def go():
+        async with connect(server.ws, max_size=2**21) as ws:
+            await ws.send(encode(Hello(seq=0)))                 # binary replies, whatever the fuzz asks
+            await ws.recv()
+            for payload in messages(seed=11, n=3000):
+                await ws.send(payload)
+            await ws.send(encode(Hello(seq=0)))                 # back to binary replies
+            await ws.send(encode(StatsRequest(seq=424242)))     # a marker: everything before it is answered
+            replies = 0
+            while True:
+                data = await asyncio.wait_for(ws.recv(), 30)
+                replies += 1
+                if isinstance(data, bytes) and decode(data).seq == 424242:
+                    break
+            x = speech[16_000 * 5:16_000 * 5 + 6400]
+            frames = []
+            for i in range(10):
+                await ws.send(encode(AudioChunk(seq=1000 + i, pcm=float32_to_pcm(x[i * 640:(i + 1) * 640]))))
+            while len(frames) < 8:
+                msg = decode(await asyncio.wait_for(ws.recv(), 30))
+                if isinstance(msg, Frame) and msg.seq >= 1000:   # (fuzzed chunks that were valid get frames too)
+                    frames.append(msg)
+            return replies, [f.seq for f in frames]
+
+    replies, seqs = run(go())
+    assert replies > 1000
+    assert seqs == list(range(1000, 1008))
+    assert server.json("/health")["status"] == "ok"
