@@ -40,6 +40,11 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
+def _manifest_bytes(manifest: dict) -> bytes:
+    """``manifest.json`` as the reference writer lays it out: indented by 2, one newline at the end."""
+    return (json.dumps(manifest, indent=2) + "\n").encode()
+
+
 def add_file(root: str | Path, name: str, data: bytes, extra_key: str, extra: dict,
              min_version: str | None = None) -> str:
     """Add file ``name`` holding ``data`` to the published package ``root``, or replace it, and record it.
@@ -71,7 +76,7 @@ def add_file(root: str | Path, name: str, data: bytes, extra_key: str, extra: di
             manifest["format_version"] = min_version
     validate_manifest(manifest, "manifest being written")
     write_atomic(root / name, data)
-    write_atomic(root / MANIFEST, (json.dumps(manifest, indent=2) + "\n").encode())
+    write_atomic(root / MANIFEST, _manifest_bytes(manifest))
     return digest
 
 
@@ -166,7 +171,7 @@ class PackageWriter:
         names = sorted(p.name for p in self.tmp.iterdir() if not p.name.startswith("."))
         manifest = dict(manifest, files={n: self._describe(n) for n in names if n != MANIFEST})
         validate_manifest(manifest, "manifest being written")
-        write_atomic(self.path(MANIFEST), (json.dumps(manifest, indent=2) + "\n").encode())
+        write_atomic(self.path(MANIFEST), _manifest_bytes(manifest))
         old = None
         if self.dest.exists():
             old = self.dest.parent / f".{self.name}.old-{os.getpid()}"
