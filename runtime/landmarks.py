@@ -17,6 +17,7 @@ JAW = slice(0, 17)                  # 0-16, right ear to left ear along the chin
 RIGHT_BROW = slice(17, 22)          # 17-21
 LEFT_BROW = slice(22, 27)           # 22-26
 NOSE = slice(27, 36)                # bridge 27-30 (tip 30), base 31-35
+NOSE_BASE = slice(31, 36)           # 31-35, along the bottom of the nose
 RIGHT_EYE = slice(36, 42)           # 36-41, outer corner 36
 LEFT_EYE = slice(42, 48)            # 42-47, outer corner 45
 LIPS = slice(48, 68)                # outer and inner lip contours: 20 points
