@@ -616,3 +616,74 @@ def test_sessions_realtime(benchmark, serve):
         "sustained_25fps_each": received == expected and dropped == 0 and all(in_time),
     })
     report(benchmark, "sessions realtime 8")
+
+
+# --------------------------------------------------------------------------- 5. fuzz
+
+
+def _rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def test_fuzz_100k(benchmark, serve):
+    """100 000 mutated client messages (tests/runtime/fuzz.py) over 4 connections that read their replies:
+    server crashes, unexpected closes, replies, server RSS before and after."""
+    from websockets.asyncio.client import connect
+    from websockets.exceptions import ConnectionClosed
+
+    from runtime.protocol import Hello, StatsRequest, decode, encode
+    from tests.runtime.fuzz import messages
+
+    n_conn, per_conn, marker = 4, 25_000, 0xFFFF_FFF0
+    out = {}
+
+    async def one(seed: int) -> dict:
+        replies, closed = 0, None
+        async with connect(serve.ws, max_size=2**21) as ws:
+            await ws.send(encode(Hello(seq=0)))
+
+            async def reader():
+                nonlocal replies
+                async for data in ws:
+                    replies += 1
+                    if isinstance(data, bytes) and decode(data).seq == marker:
+                        return
+
+            task = asyncio.create_task(reader())
+            try:
+                for payload in messages(seed, per_conn):
+                    await ws.send(payload)
+                await ws.send(encode(Hello(seq=1)))
+                await ws.send(encode(StatsRequest(seq=marker)))
+                await asyncio.wait_for(task, 120)
+            except ConnectionClosed as exc:
+                closed = f"{exc.rcvd.code if exc.rcvd else None}"
+        return {"replies": replies, "closed": closed}
+
+    def run():
+        rss0 = _rss_mb(serve.proc.pid)
+        t0 = time.perf_counter()
+        async def all_connections():
+            return await asyncio.gather(*(one(s) for s in range(n_conn)))
+
+        out["results"] = asyncio.run(asyncio.wait_for(all_connections(), 600))
+        out["wall"] = time.perf_counter() - t0
+        out["rss"] = (rss0, _rss_mb(serve.proc.pid))
+
+    benchmark.pedantic(run, rounds=1, iterations=1, warmup_rounds=0)
+    results = out["results"]
+    alive = serve.proc.poll() is None
+    health = serve.stats()
+    benchmark.extra_info.update({
+        "messages": n_conn * per_conn, "connections": n_conn, "wall_s": round(out["wall"], 1),
+        "messages_per_s": round(n_conn * per_conn / out["wall"]), "server_alive": alive,
+        "unexpected_closes": sum(r["closed"] is not None for r in results),
+        "replies": sum(r["replies"] for r in results),
+        "server_rss_mb": {"before": round(out["rss"][0], 1), "after": round(out["rss"][1], 1)},
+        "errors_by_code": health["errors"],
+    })
+    report(benchmark, "fuzz 100k")
+    assert alive and all(r["closed"] is None for r in results), results
