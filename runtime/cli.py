@@ -42,10 +42,15 @@ _RENDER = RenderOptions()
               help="Frames queued per session before the oldest is dropped.")
 @click.option("--jpeg-quality", type=int, default=_RENDER.jpeg_quality, show_default=True,
               help="JPEG quality of the frames, 1-100.")
+@click.option("--idle-timeout", type=float, default=_SERVE.idle_timeout_s, show_default=True,
+              help="Seconds without a message after which a session is closed (code 4001).")
+@click.option("--allow-origin", "allow_origins", multiple=True, metavar="ORIGIN",
+              help="A web page origin (https://app.example.com) allowed to connect besides the server's own "
+                   "page; repeat for more, * for any. Env: space-separated.")
 @cliutil.logging_options("Log warnings and errors only; the address line is still printed.")
 @cliutil.version_option("lipsync-serve")
 def main(path, host, port, token, generator, device, threads, compile, workers, max_sessions, queue, jpeg_quality,
-         quiet, log_level):
+         idle_timeout, allow_origins, quiet, log_level):
     """Serve lip-synced face frames over a websocket, with a browser client at /.
 
     PATH is a package folder (models/anchor) or a folder of packages (models/).
@@ -56,7 +61,8 @@ def main(path, host, port, token, generator, device, threads, compile, workers, 
     render = RenderOptions(chain=None if generator == "auto" else generator, jpeg_quality=jpeg_quality,
                            device=None if device == "auto" else device, threads=threads, compile=compile)
     options = ServeOptions(host=host, port=port, token=token, workers=workers, max_sessions=max_sessions,
-                           queue_frames=queue, render=render)
+                           queue_frames=queue, idle_timeout_s=idle_timeout, allow_origins=tuple(allow_origins),
+                           render=render)
 
     def ready(server):
         where = f"[{host}]:{server.port}" if ":" in host else f"{host}:{server.port}"
