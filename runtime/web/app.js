@@ -17,6 +17,7 @@
   const CHUNK_MS = 40;
   const CHUNK = RATE * CHUNK_MS / 1000;                 // 960 samples per AUDIO_CHUNK
   const SLOTS = 500;                                    // audio-buffer strip: a ring of chunk slots
+  const IDLE_CLOSE = 4001;                              // close code: the session sent nothing for --idle-timeout
   const CLIENT = { client: 'lipsync-web', version: '0.1.0', encoding: 'binary' };
   // Chunks are numbered 0, 1, 2, ... so that slot = seq % 500 has no gaps; HELLO and
   // SWITCH_PACKAGE take their numbers from a separate range so they never collide with a chunk.
@@ -313,6 +314,12 @@
       for (const seq of sentAt.keys()) slots[seq % SLOTS] = 1;
       api.dropped += sentAt.size;
       sentAt.clear();
+      if (ev.code === IDLE_CLOSE) {                       // quiet too long: come back when audio starts
+        net.idle = true;
+        setStatus('idle', 'idle: disconnected until audio starts');
+        log('idle: the server closed the quiet connection; it reconnects when audio starts');
+        return;
+      }
       // while the server is away each retry fails quietly; the status line shows the countdown
       if (wasReady) log(`connection lost (${ev.code}${ev.reason ? ' ' + ev.reason : ''})`, true);
       retry();
@@ -502,8 +509,16 @@
     $('source').textContent = 'audio: off';
   }
 
+  function wake() {                                       // after an idle close: connect again
+    if (!net.idle) return;
+    net.idle = false;
+    net.backoff = 500;
+    connect();
+  }
+
   async function startMic() {
     stopAudio();
+    wake();
     try {
       const stream = await navigator.mediaDevices.getUserMedia({ audio: { channelCount: 1,
         echoCancellation: false, noiseSuppression: false, autoGainControl: false } });
@@ -528,6 +543,7 @@
 
   async function playFile(file) {
     stopAudio();
+    wake();
     try {
       const ac = audio.ctx || await openContext(false);
       const buffer = await ac.decodeAudioData(await file.arrayBuffer());   // resampled to the context's rate

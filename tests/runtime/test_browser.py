@@ -40,8 +40,9 @@ except ImportError:                      # pragma: no cover - depends on the mac
 class Server:
     """``python -m runtime.cli PACKAGE --port P`` in a subprocess; ready once it prints its URL."""
 
-    def __init__(self, package: Path, log_path: Path):
+    def __init__(self, package: Path, log_path: Path, *options: str):
         self.package = package
+        self.options = options
         self.log_path = log_path
         self.proc: subprocess.Popen | None = None
         self.port = 0
@@ -54,7 +55,8 @@ class Server:
         env = dict(os.environ, PYTHONPATH=str(ROOT))
         # stderr (the log) goes to a file: a pipe nobody reads would fill up and stall the server
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "runtime.cli", str(self.package), "--port", str(port), "--host", "127.0.0.1"],
+            [sys.executable, "-m", "runtime.cli", str(self.package), "--port", str(port), "--host", "127.0.0.1",
+             *self.options],
             cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=self.log_path.open("a"), text=True)
         lines: queue.Queue = queue.Queue()
 
@@ -255,3 +257,21 @@ def test_page_reconnects_after_socket_close_and_server_restart(page, cli_server)
     assert page.text_content("#status") == "connected"
     assert page.evaluate("window.lipsync.package") == cli_server.get_json("/packages")[0]["name"]
     assert page.errors == []
+
+
+def test_page_waits_after_an_idle_close_and_reconnects_when_audio_starts(page, built, tmp_path):
+    srv = Server(built("German_20s").path, tmp_path / "server.log", "--idle-timeout", "1")
+    srv.start()
+    try:
+        page.goto(srv.url)
+        page.wait_for_function("window.lipsync && window.lipsync.connected", timeout=15_000)
+        page.wait_for_function("document.getElementById('status').dataset.state === 'idle'", timeout=10_000)
+        time.sleep(1.5)                                   # no reconnect loop while idle
+        assert page.evaluate("window.lipsync.connects") == 1
+        assert srv.get_json("/stats")["sessions"]["closed_idle"] == 1
+        page.click("#mic")
+        page.wait_for_function("window.lipsync.connects >= 2 && window.lipsync.framesReceived >= 10",
+                               timeout=30_000)
+        assert page.errors == []
+    finally:
+        assert srv.stop() == 0, srv.log()
