@@ -4,8 +4,9 @@
 
     LipsyncError                 root: catch this to handle any expected failure
      ├── InputError              a user-supplied file or option is unusable
-     │    └── FaceError          no usable face (none, too small, too few frames)
-     ├── FFmpegError             ffmpeg/ffprobe failed; carries its stderr
+     │    ├── FaceError          no usable face (none, too small, too few frames)
+     │    └── MediaError         a media file ffmpeg cannot decode (damaged, truncated, empty)
+     ├── FFmpegError             ffmpeg/ffprobe missing or failing; carries its stderr
      └── PackageError            a model package is missing, malformed or corrupt
 
 Every message says what was received, what was expected and how to fix it,
@@ -45,6 +46,18 @@ class FFmpegError(LipsyncError):
     """
 
     exit_code = 4
+
+    def __init__(self, message: str, stderr: str = ""):
+        self.stderr = stderr
+        tail = last_line(stderr)
+        super().__init__(f"{message} (ffmpeg: {tail})" if tail else message)
+
+
+class MediaError(InputError):
+    """A user's media file cannot be decoded: damaged, truncated or empty (an input error, exit 2).
+
+    ``stderr``: ffmpeg's own error output; its last line is appended to the message.
+    """
 
     def __init__(self, message: str, stderr: str = ""):
         self.stderr = stderr

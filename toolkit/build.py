@@ -36,6 +36,10 @@ from .track import FaceTracker, TrackConfig, fill_gaps, frame_ranges
 from .writer import PackageWriter
 
 
+MIN_FPS, MAX_FPS = 1, 120          # package frame rates a build accepts
+MIN_CROP, MAX_CROP = 64, 1024      # face crop sides a build accepts, px
+
+
 @dataclass(frozen=True)
 class BuildConfig:
     """Everything that decides a package's contents; stored in its manifest."""
@@ -55,6 +59,10 @@ class BuildConfig:
     smooth: SmoothConfig = field(default_factory=SmoothConfig)
 
     def __post_init__(self):
+        if not (isinstance(self.fps, (int, float)) and MIN_FPS <= self.fps <= MAX_FPS):
+            raise InputError(f"--fps {self.fps}: expected {MIN_FPS} ... {MAX_FPS} frames per second (25 to serve)")
+        if not MIN_CROP <= self.crop_size <= MAX_CROP:
+            raise InputError(f"--crop-size {self.crop_size}: expected {MIN_CROP} ... {MAX_CROP} px")
         try:
             features.samples_per_frame(self.fps)
         except ValueError:

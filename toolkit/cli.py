@@ -73,8 +73,8 @@ def main():
 @click.argument("video", type=click.Path(path_type=Path))
 @click.option("-o", "--out", type=click.Path(path_type=Path), default=None,
               help="Package folder to create; its name is the package name.  [default: models/<video name>]")
-@click.option("--fps", type=float, default=25.0, show_default=True, help="Package frame rate.")
-@click.option("--crop-size", type=int, default=328, show_default=True, help="Side of the square face crops, px.")
+@click.option("--fps", type=float, default=25.0, show_default=True, help="Package frame rate, 1-120 (25 to serve).")
+@click.option("--crop-size", type=int, default=328, show_default=True, help="Side of the square face crops, px (320-1024).")
 @click.option("--holdout", type=float, default=0.15, show_default=True,
               help="Trailing fraction of frames kept out of generators and training.")
 @click.option("--landmarks", type=click.Choice(faces.CHOICES), default="auto", show_default=True,

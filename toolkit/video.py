@@ -17,7 +17,7 @@ from typing import Iterator
 import ffmpeg
 import numpy as np
 
-from runtime.errors import FFmpegError, InputError, last_line
+from runtime.errors import FFmpegError, InputError, MediaError, last_line
 
 MIN_DURATION_S = 1.0
 KEYINT = 10                 # frames between key frames of video.mp4 (0.4 s at 25 fps)
@@ -181,10 +181,11 @@ def _read_raw(args: list[str], info: VideoInfo, fps: float) -> Iterator[np.ndarr
         drain.join(timeout=5)
     expected = info.frames_at(fps)
     if proc.returncode != 0:
-        raise FFmpegError(f"{info.path}: decoding failed after {count} frames", drain.text)
+        raise MediaError(f"{info.path}: decoding failed after {count} frames; the file is damaged or truncated,"
+                         " re-export or re-download it", drain.text)
     if count < expected - max(2, 0.02 * expected):
-        raise FFmpegError(f"{info.path}: decoded {count} of {expected} frames; the file looks truncated,"
-                          " re-export or re-download it", drain.text)
+        raise MediaError(f"{info.path}: decoded {count} of {expected} frames; the file looks truncated,"
+                         " re-export or re-download it", drain.text)
 
 
 def read_audio(path: str | Path, sample_rate: int, start_s: float = 0.0) -> np.ndarray:
@@ -214,7 +215,7 @@ def read_audio(path: str | Path, sample_rate: int, start_s: float = 0.0) -> np.n
     if proc.returncode != 0:
         if "does not contain any stream" in stderr or "matches no streams" in stderr:
             raise InputError(f"{path}: has no audio stream; give one with --audio FILE")
-        raise FFmpegError(f"{path}: could not decode its audio", stderr)
+        raise MediaError(f"{path}: could not decode its audio; give a readable audio file (wav, mp3, ...)", stderr)
     wav = np.frombuffer(proc.stdout, np.int16).astype(np.float32) / 32768.0
     shift = int(round(start_s * sample_rate))
     if shift > 0:

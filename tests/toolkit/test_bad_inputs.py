@@ -177,8 +177,9 @@ def test_truncated_video_with_moov_first(tmp_path):
     data = whole.read_bytes()
     cut.write_bytes(data[: int(len(data) * 0.4)])
     out = tmp_path / "models" / "pkg"
-    line = assert_refused(run_cli("build", str(cut), "-o", str(out)), out, "truncated", "re-export")
-    assert "cut.mp4" in line
+    proc = run_cli("build", str(cut), "-o", str(out))
+    line = assert_refused(proc, out, "truncated", "re-export")
+    assert "cut.mp4" in line and proc.returncode == 2          # an input error, wherever its index sits
 
 
 def test_truncated_video_with_moov_at_end(tmp_path):
@@ -188,7 +189,9 @@ def test_truncated_video_with_moov_at_end(tmp_path):
     data = GERMAN.read_bytes()
     cut.write_bytes(data[: int(len(data) * 0.4)])
     out = tmp_path / "models" / "pkg"
-    assert_refused(run_cli("build", str(cut), "-o", str(out)), out, "not a readable video")
+    proc = run_cli("build", str(cut), "-o", str(out))
+    assert_refused(proc, out, "not a readable video")
+    assert proc.returncode == 2
 
 
 # -- 4. no audio ----------------------------------------------------------------------------------
@@ -198,6 +201,26 @@ def test_no_audio_stream_asks_for_audio_option(german3_silent, tmp_path):
     """A video without sound is refused with a hint to pass --audio."""
     out = tmp_path / "models" / "pkg"
     assert_refused(run_cli("build", str(german3_silent), "-o", str(out)), out, "has no audio stream", "--audio")
+
+
+def test_empty_audio_file_is_an_input_error(german3_silent, tmp_path):
+    """A 0-byte --audio file: one line naming it, exit 2 (input), like every other unusable input."""
+    empty = tmp_path / "empty.wav"
+    empty.write_bytes(b"")
+    out = tmp_path / "models" / "pkg"
+    proc = run_cli("build", str(german3_silent), "-o", str(out), "--audio", str(empty))
+    line = assert_refused(proc, out, "empty.wav")
+    assert proc.returncode == 2, line
+
+
+@pytest.mark.parametrize("option", [("--fps", "0"), ("--fps", "inf"), ("--fps", "1e-300"), ("--fps", "16000"),
+                                    ("--fps", "nan"), ("--crop-size", "100000"), ("--crop-size", "8")])
+def test_option_out_of_range_is_refused_at_once(option, tmp_path):
+    """Options outside their documented range (fps 1-120, crop size 64-1024): one line, exit 2, in seconds."""
+    out = tmp_path / "models" / "pkg"
+    proc = run_cli("build", str(GERMAN), "-o", str(out), *option, timeout=60)
+    line = assert_refused(proc, out, option[0])
+    assert proc.returncode == 2, line
 
 
 def test_no_audio_stream_with_audio_option_builds(german3_silent, tmp_path):
