@@ -35,10 +35,11 @@ import cv2
 import numpy as np
 import pytest
 
+from runtime import features as F
 from tests.conftest import AUDIO, ROOT, link_package
 
-RATE = 16_000
-SPF = 640                      # samples per 40 ms chunk at 16 kHz
+RATE = F.SAMPLE_RATE
+SPF = F.samples_per_frame(25)  # samples per 40 ms chunk
 PACKAGE = "German_20s"         # 500 frames
 LONG_TIMES = 8                 # the long package: German_20s tiled 8x = 4000 frames
 ENV = dict(os.environ, PYTHONPATH=str(ROOT))

@@ -50,7 +50,7 @@ from .metrics import Metrics
 from .mouth import for_package
 from .options import ServeOptions, is_loopback
 from .package import read_manifest
-from .protocol import ErrorCode, Frame, Message, ProtocolError, decode, decode_json, encode_as, error_reply
+from .protocol import ErrorCode, Frame, ProtocolError, decode, decode_json, encode_as, error_reply
 from .render import check_servable
 from .session import Session
 from .store import PackageStore

@@ -19,11 +19,12 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
+from ..landmarks import JAW, NOSE_BASE
 from ..mouth import STABLE, for_package, similarity
 from ..package import FLAG_LOST
 
 FEATHER = 0.025                # mask blur sigma as a fraction of the crop size (8 px at 328)
-LOWER_FACE = np.r_[3:14, 35, 34, 33, 32, 31]   # jaw 3-13, then the nose base right to left
+LOWER_FACE = np.r_[np.r_[JAW][3:14], np.r_[NOSE_BASE][::-1]]   # jaw 3-13, then the nose base right to left
 
 
 def transplant(package, base: int, source: int) -> np.ndarray:

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from runtime import features as F
+from runtime.errors import PackageError
 from runtime.generators import Request, build_chain
 from runtime.generators.neural import NeuralGenerator
 from runtime.package import Package
@@ -48,22 +49,32 @@ def test_neural_leads_the_chain_when_weights_exist(trained, built, speech):
     assert cfg["shape_dim"] == 8 and len(cfg["shape_scale"]) == 8     # conditioned on the mouth-shape model
 
 
-@pytest.mark.parametrize("damage", ["missing", "corrupt", "truncated"])
-def test_chain_falls_back_to_retrieval(trained, tmp_path, speech, damage):
+def test_chain_falls_back_to_retrieval_without_weights(trained, tmp_path, speech):
     root = tmp_path / "pkg"
     shutil.copytree(trained, root)
-    weights = root / "neural.safetensors"
-    if damage == "missing":
-        weights.unlink()
-    elif damage == "corrupt":
-        weights.write_bytes(b"\x00" * 64)
-    else:
-        weights.write_bytes(weights.read_bytes()[:1000])
+    (root / "neural.safetensors").unlink()
     chain = build_chain(Package.open(root))
     state = chain.new_state()
     _, tier = chain.render([5], windows(speech, 1), [state])
     assert tier == "retrieval"
     assert chain.names == ["retrieval", "static"] or chain.failures["neural"] >= 1
+
+
+@pytest.mark.parametrize("damage", ["corrupt", "truncated", "same size, bad header"])
+def test_damaged_weights_refuse_the_package_at_open(trained, tmp_path, damage):
+    root = tmp_path / "pkg"
+    shutil.copytree(trained, root)
+    weights = root / "neural.safetensors"
+    data = weights.read_bytes()
+    if damage == "corrupt":
+        weights.write_bytes(b"\x00" * 64)
+    elif damage == "truncated":
+        weights.write_bytes(data[:1000])
+    else:
+        weights.write_bytes(b"\xff" * 8 + data[8:])
+    with pytest.raises(PackageError, match="neural.safetensors") as err:
+        Package.open(root)
+    assert "\n" not in str(err.value)
 
 
 def test_batch_equals_one_by_one(trained, speech):

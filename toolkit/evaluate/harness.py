@@ -32,6 +32,7 @@ import numpy as np
 from runtime.jpeg import decode_jpeg
 from runtime.package import Package
 from runtime.protocol import CHUNK_MS, AudioChunk, SampleFormat, float32_to_pcm
+from runtime.features import SAMPLE_RATE, samples_per_frame
 from runtime.metrics import Metrics
 from runtime.options import RenderOptions
 from runtime.render import Renderers
@@ -120,7 +121,7 @@ def run_inprocess(package: Package, audio16k: np.ndarray, generator: str,
 
     Parameters
     ----------
-    audio16k : np.ndarray [shape=(T * 640,), dtype=float32]
+    audio16k : np.ndarray [shape=(T * samples_per_frame(package.fps),), dtype=float32]
     on_frame : callable, optional
         ``on_frame(k, crop, bounds, base) -> milliseconds``: composes the full frame
         (the ``paste`` stage) and hands it on, e.g. to the video writer.
@@ -129,7 +130,7 @@ def run_inprocess(package: Package, audio16k: np.ndarray, generator: str,
     renderers = Renderers(store, RenderOptions(chain=generator))
     try:
         session = Session(store, Metrics(), renderers=renderers)
-        spf = int(round(16_000 / package.fps))
+        spf = samples_per_frame(package.fps)
         n = int(np.ceil(len(audio16k) / spf))
         stages = {s: np.zeros(n) for s in (*STAGES, "total")}
         status = np.zeros(n, np.uint8)
@@ -143,7 +144,7 @@ def run_inprocess(package: Package, audio16k: np.ndarray, generator: str,
             pcm = np.zeros(spf, np.float32)
             chunk = audio16k[i * spf:(i + 1) * spf]
             pcm[:len(chunk)] = chunk
-            msg = AudioChunk(seq=i, sample_rate=16_000, sample_format=SampleFormat.FLOAT32,
+            msg = AudioChunk(seq=i, sample_rate=SAMPLE_RATE, sample_format=SampleFormat.FLOAT32,
                              pcm=float32_to_pcm(pcm, SampleFormat.FLOAT32))
             replies, work = session.prepare(msg)
             if replies:
@@ -185,7 +186,7 @@ async def _server_stream(url: str, name: str, audio16k: np.ndarray, frames: int,
 
     out = []
     async with Client(url, package=name) as c:
-        async for frame, rtt in c.stream(audio16k[:frames * 640], 16_000, realtime=True):
+        async for frame, rtt in c.stream(audio16k[:frames * SAMPLE_RATE * CHUNK_MS // 1000], SAMPLE_RATE, realtime=True):
             out.append((frame, rtt))
             if progress is not None:
                 progress.update(1)
@@ -200,7 +201,7 @@ async def _server_windows(url: str, name: str, audio16k: np.ndarray, bases: np.n
     async with Client(url) as c:
         for k, base in enumerate(bases):
             t0 = time.perf_counter()
-            frame = await c.window(int(base), window_around(audio16k, k, 16_000, fps), package=name)
+            frame = await c.window(int(base), window_around(audio16k, k, SAMPLE_RATE, fps), package=name)
             out.append((frame, time.perf_counter() - t0))
             if progress is not None:
                 progress.update(1)
