@@ -502,13 +502,25 @@ def _utf8(cls, name: str, raw: bytes, seq: int) -> str:
                             f"({_short(raw)}); expected UTF-8 text", seq) from None
 
 
-def _load_body(cls, raw: bytes, seq: int) -> dict[str, Any]:
+def _parse_json(raw: bytes, what: str, seq: int | None) -> Any:
+    """UTF-8 JSON text -> value; MALFORMED (never an exception of the parser) for anything else.
+
+    Nesting is limited by Python's recursion limit (about 1000 levels): deeper
+    text is refused as MALFORMED, not left to crash the caller.
+    """
     try:
-        obj = json.loads(raw.decode("utf-8"))
+        return json.loads(raw.decode("utf-8"))
     except (UnicodeDecodeError, ValueError) as exc:
-        raise ProtocolError(ErrorCode.MALFORMED, f"{cls.type.name} body is not UTF-8 JSON ({exc}); "
-                            "expected a JSON object", seq) from None
-    return _pick_fields(cls, obj, seq, set())
+        why = " ".join(str(exc).split())[:120]
+        raise ProtocolError(ErrorCode.MALFORMED, f"{what} is not UTF-8 JSON ({why}); expected a JSON object",
+                            seq) from None
+    except RecursionError:
+        raise ProtocolError(ErrorCode.MALFORMED, f"{what} is JSON nested too deeply; expected a flat JSON object",
+                            seq) from None
+
+
+def _load_body(cls, raw: bytes, seq: int) -> dict[str, Any]:
+    return _pick_fields(cls, _parse_json(raw, f"{cls.type.name} body", seq), seq, set())
 
 
 def _pick_fields(cls, obj, seq, extra_ok: set[str]) -> dict[str, Any]:
@@ -559,15 +571,13 @@ def decode_json(text: str | bytes, max_size: int = MAX_MESSAGE_BYTES) -> Message
     if len(raw) > max_size:
         raise ProtocolError(ErrorCode.TOO_BIG, f"JSON message of {len(raw)} bytes received; "
                             f"expected at most {max_size}")
-    try:
-        obj = json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, ValueError) as exc:
-        raise ProtocolError(ErrorCode.MALFORMED, f"text is not UTF-8 JSON ({exc}); expected a JSON object") from None
+    obj = _parse_json(raw, "text", None)
     if not isinstance(obj, dict):
         raise ProtocolError(ErrorCode.MALFORMED, f"JSON {_short(obj)} received; expected a JSON object")
     seq = obj.get("seq")
     seq = seq if isinstance(seq, int) and not isinstance(seq, bool) and 0 <= seq <= 0xFFFF_FFFF else None
-    if obj.get("v") != VERSION:
+    v = obj.get("v")
+    if type(v) is not int or v != VERSION:          # true and 1.0 are not the integer 1
         raise ProtocolError(ErrorCode.UNSUPPORTED_VERSION, f"protocol version {_short(obj.get('v'))} received; "
                             f"expected \"v\": {VERSION}", seq)
     name = obj.get("type")

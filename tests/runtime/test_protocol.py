@@ -272,3 +272,27 @@ def test_pcm_to_float32_float32():
         assert code_of(pcm_to_float32, bad, 2).code == ErrorCode.BAD_AUDIO
     assert code_of(pcm_to_float32, np.array([np.nan], "<f4").tobytes(), 2).code == ErrorCode.BAD_AUDIO
     assert code_of(pcm_to_float32, payload, 3).code == ErrorCode.BAD_AUDIO
+
+
+@pytest.mark.parametrize("depth", [1000, 100_000])
+def test_deeply_nested_json_is_malformed_not_a_crash(depth):
+    from runtime.protocol import ErrorCode, ProtocolError, decode, decode_json
+
+    nested = "[" * depth + "]" * depth
+    with pytest.raises(ProtocolError) as err:                  # a text message
+        decode_json('{"v": 1, "type": "stats_request", "seq": 3, "x": ' + nested + "}")
+    assert err.value.code == ErrorCode.MALFORMED and "nested" in str(err.value)
+    body = ('{"client": "c", "version": "1", "encoding": ' + nested + "}").encode()
+    head = struct.pack("<4sBBI", b"LSYN", 1, 1, 9) + struct.pack("<I", len(body)) + body
+    with pytest.raises(ProtocolError) as err:                  # a binary HELLO's JSON body
+        decode(head + struct.pack("<I", zlib.crc32(head)))
+    assert err.value.code == ErrorCode.MALFORMED and err.value.seq == 9
+
+
+@pytest.mark.parametrize("v", ["true", "1.0", '"1"'])
+def test_json_version_must_be_the_integer_1(v):
+    from runtime.protocol import ErrorCode, ProtocolError, decode_json
+
+    with pytest.raises(ProtocolError) as err:
+        decode_json('{"v": ' + v + ', "type": "stats_request", "seq": 3}')
+    assert err.value.code == ErrorCode.UNSUPPORTED_VERSION and err.value.seq == 3
