@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 import subprocess
@@ -66,6 +67,16 @@ def link_package(src: Path, dest: Path) -> Path:
         except OSError:
             shutil.copy2(f, dest / f.name)
     return dest
+
+
+@pytest.fixture
+def restore_log_levels():
+    """The commands set the root logger's level; put it back for the tests that follow."""
+    loggers = [logging.getLogger(), logging.getLogger("websockets")]
+    levels = [lg.level for lg in loggers]
+    yield
+    for lg, level in zip(loggers, levels):
+        lg.setLevel(level)
 
 
 @pytest.fixture

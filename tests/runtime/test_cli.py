@@ -27,14 +27,7 @@ from tests.conftest import ROOT
 READY_RE = re.compile(r"^lipsync-serve \S+: .* on http://127\.0\.0\.1:(\d+)/")
 
 
-@pytest.fixture(autouse=True)
-def _restore_log_levels():
-    """The commands set the root logger's level; put it back for the tests that follow."""
-    loggers = [logging.getLogger(), logging.getLogger("websockets")]
-    levels = [lg.level for lg in loggers]
-    yield
-    for lg, level in zip(loggers, levels):
-        lg.setLevel(level)
+pytestmark = pytest.mark.usefixtures("restore_log_levels")   # the commands set the root logger's level
 
 
 @pytest.fixture

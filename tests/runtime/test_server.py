@@ -286,7 +286,9 @@ def test_slow_reader_is_capped_by_dropping_oldest_frames(packages_dir, speech):
             n = 250
             for i in range(n):
                 await ws.send(encode(AudioChunk(seq=i, pcm=float32_to_pcm(speech[i * 640:(i + 1) * 640]))))
-            await asyncio.sleep(1.0)
+            deadline = time.monotonic() + 60                # every frame rendered (however busy the machine)
+            while srv.json("/stats")["frames_served"] < n and time.monotonic() < deadline:
+                await asyncio.sleep(0.2)
             seqs = []
             try:
                 while True:

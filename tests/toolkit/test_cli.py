@@ -15,14 +15,7 @@ from toolkit.cli import main
 from toolkit.evaluate.cli import main as eval_main
 
 
-@pytest.fixture(autouse=True)
-def _restore_log_levels():
-    """The commands set the root logger's level; put it back for the tests that follow."""
-    loggers = [logging.getLogger(), logging.getLogger("websockets")]
-    levels = [lg.level for lg in loggers]
-    yield
-    for lg, level in zip(loggers, levels):
-        lg.setLevel(level)
+pytestmark = pytest.mark.usefixtures("restore_log_levels")   # the commands set the root logger's level
 
 
 @pytest.mark.parametrize("command,prog", [(main, "lipsync-pack"), (eval_main, "lipsync-eval")])
