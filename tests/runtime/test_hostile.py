@@ -72,6 +72,7 @@ def test_a_client_that_never_reads_is_closed_and_memory_stays_flat(packages_dir)
 
         sent, code, closed_at = run(flood())
         after = rss_mb()
+    print(f"flood: {sent} messages sent, close code {code}, RSS {before:.1f} -> {after:.1f} MB")
     assert closed_at["closed_unread"] == 1 and closed_at["active"] == 0, closed_at
     # the close frame waits behind replies the client never read: it sees 4002 if it reads within 2 s,
     # else the dropped connection (1006)
