@@ -51,6 +51,7 @@ from safetensors.torch import save as safetensors_bytes
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
+from runtime import cliutil
 from runtime.errors import InputError, LipsyncError, PackageError
 from runtime.files import write_atomic
 from runtime.mouth import MOUTH_FILE
@@ -294,7 +295,7 @@ def train(package_path: str | Path, config: TrainConfig = TrainConfig(), resume:
                        final_loss=final, ms_per_step=ms_per_step, losses=state["losses"])
 
 
-@click.command(context_settings={"auto_envvar_prefix": "LIPSYNC_TRAIN", "help_option_names": ["-h", "--help"]})
+@click.command(context_settings={"help_option_names": ["-h", "--help"]})   # variables: LIPSYNC_PACK_TRAIN_*
 @click.argument("package", type=click.Path(path_type=Path))
 @click.option("--size", type=click.Choice(sorted(SIZES)), default="small", show_default=True,
               help="Model size: small trains on a CPU, full wants a GPU, tiny is for tests.")
@@ -312,13 +313,14 @@ def train(package_path: str | Path, config: TrainConfig = TrainConfig(), resume:
               help="Condition the network on the mouth shape the package's mouth model predicts from the audio.")
 @click.option("--mouth-only", is_flag=True,
               help="Only refit the mouth-shape model (seconds; upgrades a package built before format 1.1).")
-@click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
+@cliutil.logging_options("No progress bar; warnings and errors only.")
 def main(package, size, device, batch, lr, minutes, max_steps, seed, checkpoint_every, workers, resume, shape,
-         mouth_only, quiet):
+         mouth_only, quiet, log_level):
     """Train the neural generator on PACKAGE and store neural.safetensors in it.
 
     The package's mouth-shape model (mouth.safetensors) is refitted first.
     """
+    cliutil.setup_logging(log_level, quiet)
     if mouth_only:
         try:
             model = refit_mouth(package)
