@@ -10,7 +10,9 @@ training frame whose real mouth has the nearest shape:
 2. **Query.** The predicted coefficients, widened to the speaker's spread
    (``MouthModel.scale``) and moved ``rest`` of the way to the resting mouth
    when the renderer eases into or out of silence.
-3. **Choice with continuity.** The key nearest the query wins, except that
+3. **Choice with continuity.** Distances are taken after one (K, K) map
+   (:func:`runtime.mouth.opening_metric`) that weights the mouth-opening direction as much as
+   all other shape variance together. The key nearest the query wins, except that
    the frame after the session's previous choice costs JUMP x ``step`` less,
    where ``step`` is the mean squared shape change between consecutive
    training frames: runs of consecutive real frames are kept unless another
@@ -28,7 +30,7 @@ from typing import Sequence
 
 import numpy as np
 
-from ..mouth import for_package
+from ..mouth import for_package, normalise, opening_metric, opening_of
 from ..options import RenderOptions
 from ..package import Package
 from .base import Generator, NotReady, Request
@@ -58,15 +60,22 @@ class RetrievalGenerator(Generator):
             raise NotReady(f"{package.root}: no usable training frames for retrieval")
         if len(frames) > MAX_KEYS:
             frames = frames[np.linspace(0, len(frames) - 1, MAX_KEYS).astype(np.int64)]
-        keys = self.model.coefficients(np.asarray(package.landmarks)[frames])
+        lm = np.asarray(package.landmarks)[frames]
+        keys = self.model.coefficients(lm)
+        # shapes are compared in the metric that weights the opening (runtime.mouth.opening_metric): keys
+        # and queries move by one (K, K) matrix, so a choice costs what it did
+        self.metric = opening_metric(keys, opening_of(normalise(lm, self.model.reference),
+                                                      self.model.reference)).astype(np.float32)
+        space = keys @ self.metric.T
         consecutive = np.diff(frames) == 1
-        steps = ((keys[1:] - keys[:-1]) ** 2).sum(1)[consecutive]
+        steps = ((space[1:] - space[:-1]) ** 2).sum(1)[consecutive]
         self.step = float(steps.mean()) if len(steps) else 0.0
         self.row_of = np.full(package.frames, -1, dtype=np.int64)
         self.row_of[frames] = np.arange(len(frames))
         self.key_frames = frames
-        self.keys = keys
-        self._norms = (keys.astype(np.float64) ** 2).sum(1)
+        self.keys = keys                                # true shape coefficients of the key frames
+        self._space = space                             # the same in the choice's metric
+        self._norms = (space.astype(np.float64) ** 2).sum(1)
 
     def targets(self, mels: np.ndarray, rest: np.ndarray) -> np.ndarray:
         """Query coefficients (B, K) for mel windows (B, 12, 80) and rest weights (B,)."""
@@ -76,7 +85,8 @@ class RetrievalGenerator(Generator):
 
     def choose(self, target: np.ndarray, state: RetrievalState) -> int:
         """The package frame whose mouth is nearest ``target`` (K,), with continuity."""
-        d = self._norms - 2.0 * (self.keys @ target) + float(target @ target)
+        target = self.metric @ np.asarray(target, np.float32)
+        d = self._norms - 2.0 * (self._space @ target) + float(target @ target)
         if state.prev >= 0 and state.prev + 1 < len(self.row_of):
             row = self.row_of[state.prev + 1]
             if row >= 0:
