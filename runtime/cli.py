@@ -47,10 +47,13 @@ _RENDER = RenderOptions()
 @click.option("--allow-origin", "allow_origins", multiple=True, metavar="ORIGIN",
               help="A web page origin (https://app.example.com) allowed to connect besides the server's own "
                    "page; repeat for more, * for any. Env: space-separated.")
+@click.option("--certfile", type=click.Path(), default=None,
+              help="PEM certificate: serve HTTPS and WSS (browsers on other machines need it for the microphone).")
+@click.option("--keyfile", type=click.Path(), default=None, help="PEM private key of --certfile.")
 @cliutil.logging_options("Log warnings and errors only; the address line is still printed.")
 @cliutil.version_option("lipsync-serve")
 def main(path, host, port, token, generator, device, threads, compile, workers, max_sessions, queue, jpeg_quality,
-         idle_timeout, allow_origins, quiet, log_level):
+         idle_timeout, allow_origins, certfile, keyfile, quiet, log_level):
     """Serve lip-synced face frames over a websocket, with a browser client at /.
 
     PATH is a package folder (models/anchor) or a folder of packages (models/).
@@ -62,12 +65,14 @@ def main(path, host, port, token, generator, device, threads, compile, workers, 
                            device=None if device == "auto" else device, threads=threads, compile=compile)
     options = ServeOptions(host=host, port=port, token=token, workers=workers, max_sessions=max_sessions,
                            queue_frames=queue, idle_timeout_s=idle_timeout, allow_origins=tuple(allow_origins),
+                           certfile=certfile, keyfile=keyfile,
                            render=render)
 
     def ready(server):
         where = f"[{host}]:{server.port}" if ":" in host else f"{host}:{server.port}"
         click.echo(f"lipsync-serve {__version__}: {', '.join(server.store.names())} on "
-                   f"http://{where}/  (websocket ws://{where}/ws)")
+                   f"{'https' if options.tls else 'http'}://{where}/  "
+                   f"(websocket {'wss' if options.tls else 'ws'}://{where}/ws)")
 
     try:
         serve(path, options, ready=ready)

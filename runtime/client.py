@@ -55,19 +55,21 @@ class Client:
     Parameters
     ----------
     url : str
-        ``ws://HOST:PORT/ws`` (a token goes in ``?token=``).
+        ``ws://HOST:PORT/ws`` or ``wss://...`` (a token goes in ``?token=``).
     encoding : {"binary", "json"}
         What this client sends and asks the server to send back.
     package : str, optional
         Package to switch to after the handshake.
+    ssl : ssl.SSLContext, optional
+        For ``wss://`` URLs whose certificate the system does not trust (a self-signed test pair).
     """
 
     def __init__(self, url: str, encoding: str = "binary", package: str | None = None,
-                 timeout: float = 10.0, max_size: int = MAX_MESSAGE_BYTES):
+                 timeout: float = 10.0, max_size: int = MAX_MESSAGE_BYTES, ssl=None):
         if encoding not in ("binary", "json"):
             raise InputError(f"encoding {encoding!r}: expected 'binary' or 'json'")
         self.url, self.encoding, self.package = url, encoding, package
-        self.timeout, self.max_size = timeout, max_size
+        self.timeout, self.max_size, self.ssl = timeout, max_size, ssl
         self.ws = None
         self.capabilities: Capabilities | None = None
         self._seq = 0
@@ -86,7 +88,8 @@ class Client:
     async def connect(self) -> Capabilities:
         try:
             self.ws = await asyncio.wait_for(
-                connect(self.url, max_size=self.max_size, compression=None, open_timeout=self.timeout),
+                connect(self.url, max_size=self.max_size, compression=None, open_timeout=self.timeout,
+                        **({"ssl": self.ssl} if self.ssl is not None else {})),
                 self.timeout)
         except InvalidStatus as exc:
             raise Unreachable(f"{self.url}: server refused the websocket: HTTP "

@@ -57,6 +57,8 @@ class ServeOptions:
     idle_timeout_s: float = 60.0             # a session that sends nothing for this long is closed (4001)
     queue_replies: int = 256                 # per-session unsent control replies before the session is closed (4002)
     allow_origins: tuple[str, ...] = ()      # web page origins allowed besides the server's own ("*": any)
+    certfile: str | None = None              # PEM certificate (chain): serve HTTPS and WSS
+    keyfile: str | None = None               # its PEM private key (None: the key is in certfile)
     render: RenderOptions = field(default_factory=RenderOptions)
 
     def check(self) -> None:
@@ -66,6 +68,10 @@ class ServeOptions:
                              "(clients then pass ?token=SECRET), or bind 127.0.0.1")
         if not 0 <= self.port <= 65535:
             raise InputError(f"--port {self.port} is not a TCP port; expected 0 ... 65535")
+        if self.keyfile and not self.certfile:
+            raise InputError("--keyfile needs --certfile (the certificate to serve with that key)")
+        if self.certfile:
+            self.ssl_context()
         if not self.idle_timeout_s > 0:
             raise InputError(f"--idle-timeout {self.idle_timeout_s}: expected seconds > 0")
         for origin in self.allow_origins:
@@ -76,6 +82,29 @@ class ServeOptions:
             if getattr(self, name) < 1:
                 raise InputError(f"--{name.replace('_', '-')} {getattr(self, name)}: expected 1 or more")
         self.render.check()
+
+
+    @property
+    def tls(self) -> bool:
+        return self.certfile is not None
+
+    def ssl_context(self):
+        """The server's TLS context from certfile/keyfile; InputError naming the file if it cannot load."""
+        import ssl
+
+        from pathlib import Path
+
+        for flag, path in (("--certfile", self.certfile), ("--keyfile", self.keyfile)):
+            if path is not None and not Path(path).is_file():
+                raise InputError(f"{flag} {path}: no such file")
+        ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        try:
+            ctx.load_cert_chain(self.certfile, self.keyfile)
+        except (ssl.SSLError, OSError) as exc:
+            raise InputError(f"--certfile {self.certfile}" + (f" --keyfile {self.keyfile}" if self.keyfile else "")
+                             + f": cannot load a certificate and key ({exc}); give PEM files, e.g. made with the "
+                             "openssl line in docs/serving.md") from None
+        return ctx
 
 
 def is_loopback(host: str) -> bool:

@@ -188,11 +188,16 @@ class LipsyncServer:
             self._connection, self.config.host, self.config.port,
             process_request=self._http, max_size=self.config.max_message_bytes,
             compression=None, max_queue=8, ping_interval=20, ping_timeout=20, close_timeout=1,
-            server_header=f"lipsync-serve/{__version__}")
+            server_header=f"lipsync-serve/{__version__}",
+            ssl=self.config.ssl_context() if self.config.tls else None)
         sock = next(iter(self._server.sockets))
         self.port = sock.getsockname()[1]
-        log.info("serving %s on http://%s:%d/ (websocket /ws)", ", ".join(self.store.names()),
+        scheme = "https" if self.config.tls else "http"
+        log.info("serving %s on %s://%s:%d/ (websocket /ws)", ", ".join(self.store.names()), scheme,
                  self.config.host, self.port)
+        if not self.config.tls and not is_loopback(self.config.host):
+            log.warning("serving plain HTTP on %s: browsers on other machines will not give this page the "
+                        "microphone; serve with --certfile/--keyfile (HTTPS)", self.config.host)
 
     async def stop(self) -> None:
         """Stop accepting, let queued frames go out for up to ``drain_s``, close, release."""

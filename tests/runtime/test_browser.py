@@ -29,7 +29,7 @@ import pytest
 from tests.conftest import AUDIO, ROOT, ffmpeg
 
 CHROMIUM = Path("/usr/bin/chromium")
-READY_RE = re.compile(r"^lipsync-serve \S+: .* on http://127\.0\.0\.1:(\d+)/")
+READY_RE = re.compile(r"^lipsync-serve \S+: .* on https?://127\.0\.0\.1:(\d+)/")
 
 try:
     from playwright.sync_api import sync_playwright
@@ -49,7 +49,8 @@ class Server:
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}/"
+        scheme = "https" if "--certfile" in self.options else "http"
+        return f"{scheme}://127.0.0.1:{self.port}/"
 
     def start(self, port: int = 0, timeout: float = 60) -> None:
         env = dict(os.environ, PYTHONPATH=str(ROOT))
@@ -273,5 +274,54 @@ def test_page_waits_after_an_idle_close_and_reconnects_when_audio_starts(page, b
         page.wait_for_function("window.lipsync.connects >= 2 && window.lipsync.framesReceived >= 10",
                                timeout=30_000)
         assert page.errors == []
+    finally:
+        assert srv.stop() == 0, srv.log()
+
+
+@pytest.fixture(scope="module")
+def self_signed(tmp_path_factory) -> tuple[Path, Path]:
+    """A self-signed certificate for 127.0.0.1, made with the one-liner docs/serving.md gives."""
+    d = tmp_path_factory.mktemp("tls")
+    cert, key = d / "cert.pem", d / "key.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "30", "-subj", "/CN=127.0.0.1",
+                    "-addext", "subjectAltName=IP:127.0.0.1,DNS:localhost", "-keyout", str(key), "-out", str(cert)],
+                   check=True, capture_output=True, timeout=60)
+    return cert, key
+
+
+def test_https_and_wss_with_a_self_signed_certificate(browser, built, tmp_path, self_signed, speech):
+    import asyncio
+    import ssl
+
+    from runtime.client import Client
+
+    cert, key = self_signed
+    srv = Server(built("German_20s").path, tmp_path / "server.log", "--certfile", str(cert), "--keyfile", str(key))
+    srv.start()
+    try:
+        assert srv.url.startswith("https://")
+        trust = ssl.create_default_context(cafile=str(cert))
+        with urllib.request.urlopen(srv.url + "health", timeout=10, context=trust) as res:
+            assert json.loads(res.read())["status"] == "ok"
+
+        async def stream():
+            async with Client(f"wss://127.0.0.1:{srv.port}/ws", ssl=trust) as c:
+                return [f async for f, _ in c.stream(speech[16_000 * 5:16_000 * 5 + 6400], 16_000)]
+
+        got = []                                  # in a thread: playwright's loop owns this one
+        t = threading.Thread(target=lambda: got.extend(asyncio.run(asyncio.wait_for(stream(), 60))))
+        t.start()
+        t.join(70)
+        assert len(got) == 10
+        context = browser.new_context(ignore_https_errors=True)       # the browser does not know our CA
+        page = context.new_page()
+        errors = []
+        page.on("pageerror", lambda exc: errors.append(str(exc)))
+        page.goto(srv.url)
+        page.wait_for_function("window.lipsync && window.lipsync.connected", timeout=15_000)
+        page.click("#mic")                                   # a secure origin: the microphone is allowed
+        page.wait_for_function("window.lipsync.framesReceived >= 10", timeout=30_000)
+        assert page.evaluate("location.protocol") == "https:" and errors == []
+        context.close()
     finally:
         assert srv.stop() == 0, srv.log()

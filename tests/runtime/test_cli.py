@@ -185,3 +185,16 @@ def test_serving_imports_none_of_the_heavy_modules(built, speech, tmp_path):
     finally:
         proc.kill()
         proc.wait()
+
+
+def test_unusable_certificate_is_one_line(tmp_path):
+    from runtime.options import ServeOptions
+
+    with pytest.raises(InputError, match="--certfile .*no such file"):
+        ServeOptions(certfile=str(tmp_path / "nope.pem")).check()
+    bad = tmp_path / "cert.pem"
+    bad.write_text("not a certificate\n")
+    with pytest.raises(InputError, match="cannot load a certificate"):
+        ServeOptions(certfile=str(bad)).check()
+    with pytest.raises(InputError, match="--keyfile needs --certfile"):
+        ServeOptions(keyfile=str(bad)).check()
