@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from .errors import PackageError
 from .generators import Chain, build_chain
 from .generators.paste import resting
 from .jpeg import encode_jpeg
@@ -26,7 +27,6 @@ from .mouth import for_package
 from .options import RenderOptions
 from .package import Package
 from .protocol import CHUNK_MS, FrameStatus
-from .errors import PackageError
 
 REST_KEY = "rest"                # render state: weight of the resting mouth, 0 (speaking) to 1 (at rest)
 REST_STEP = 0.4                  # per 40 ms frame: 0 -> 1 in three frames (about 100 ms)

@@ -64,9 +64,20 @@ VIDEO_RE = re.compile(r"^/packages/([^/]+)/video$")
 RANGE_RE = re.compile(r"^bytes=(\d*)-(\d*)$")
 LOOPBACK_NAMES = {"localhost", "127.0.0.1", "::1"}
 WILDCARD_HOSTS = {"0.0.0.0", "::", ""}
+MAX_RANGE_BYTES = 4 << 20     # the most bytes one Range answer holds
+CLOSE_IDLE = 4001             # websocket close code: no message for idle_timeout_s
+CLOSE_UNREAD = 4002           # websocket close code: queue_replies control replies left unread
 
 
-MAX_RANGE_BYTES = 4 << 20    # the most bytes one Range answer holds
+def _decode(data: bytes | str, max_size: int):
+    """A websocket message -> Message; ProtocolError for anything wrong, a decoder bug included."""
+    try:
+        return decode(data, max_size) if isinstance(data, bytes) else decode_json(data, max_size)
+    except ProtocolError:
+        raise
+    except Exception as exc:                  # a decoder bug must not end the session
+        log.exception("decoding a message failed")
+        raise ProtocolError(ErrorCode.MALFORMED, f"undecodable message ({type(exc).__name__})") from None
 
 
 async def _close(ws: ServerConnection, code: int, reason: str) -> None:
@@ -91,9 +102,6 @@ def _host_name(host: str) -> str:
         return host[1:host.find("]")] if "]" in host else host
     return host.rsplit(":", 1)[0] if host.count(":") == 1 else host
 
-
-CLOSE_IDLE = 4001             # websocket close code: no message for idle_timeout_s
-CLOSE_UNREAD = 4002           # websocket close code: queue_replies control replies left unread
 
 
 class OutQueue:
@@ -386,14 +394,8 @@ class LipsyncServer:
             else:
                 received = time.perf_counter()
                 try:
-                    msg = decode(data, max_size) if isinstance(data, bytes) else decode_json(data, max_size)
+                    msg = _decode(data, max_size)
                 except ProtocolError as exc:
-                    self.metrics.error(exc.code.name)
-                    queue.put(False, encode_as(error_reply(exc), session.encoding))
-                    continue
-                except Exception as exc:             # a decoder bug must not end the session
-                    log.exception("decoding a message failed")
-                    exc = ProtocolError(ErrorCode.MALFORMED, f"undecodable message ({type(exc).__name__})")
                     self.metrics.error(exc.code.name)
                     queue.put(False, encode_as(error_reply(exc), session.encoding))
                     continue

@@ -29,7 +29,7 @@ import multiprocessing as mp
 import signal
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from .errors import LipsyncError
 from .options import RenderOptions
@@ -53,8 +53,6 @@ def _render_main(conn, path: str, options: RenderOptions) -> None:
     """Render process body: render jobs until the pipe closes."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)      # Ctrl-C reaches the group; the main process drains
     if options.threads is None:                       # one process per core: one torch thread each
-        from dataclasses import replace
-
         options = replace(options, threads=1)
     store = PackageStore(path)
     renderers = Renderers(store, options)
