@@ -11,7 +11,7 @@ the frames it makes due, encodes the replies and queues them for sending.
 HTTP routes (GET only)::
 
     /                      the browser client (runtime/web/index.html)
-    /app.js                its script
+    /app.js                its script (and /basevideo.js, its base-frame decoder)
     /health                {"status": "ok", ...}; never needs the token
     /stats                 Metrics.snapshot(): sessions, frames, latency p50/p95/p99 per package
     /packages              [{name, frames, fps, width, height, train_frames, video}, ...]
@@ -59,7 +59,8 @@ from .workers import RenderFailed, WorkerDied, WorkerPool
 log = logging.getLogger("lipsync.server")
 
 WEB_DIR = Path(__file__).with_name("web")
-STATIC = {"/": "index.html", "/index.html": "index.html", "/app.js": "app.js", "/style.css": "style.css"}
+STATIC = {"/": "index.html", "/index.html": "index.html", "/app.js": "app.js", "/basevideo.js": "basevideo.js",
+          "/style.css": "style.css"}
 VIDEO_RE = re.compile(r"^/packages/([^/]+)/video$")
 RANGE_RE = re.compile(r"^bytes=(\d*)-(\d*)$")
 LOOPBACK_NAMES = {"localhost", "127.0.0.1", "::1"}
