@@ -8,7 +8,7 @@
 // Timing (docs/serving.md, "The browser page"): a WAV file is heard through a jitter buffer, a
 // delay on the WebAudio clock, and frame k is painted while chunk k is being heard. From the
 // microphone nothing is played back; frames are painted as soon as they are ready.
-// Plain JS, no build step, no external URLs. Query options: ?token=T, ?autostart=mic.
+// Plain JS, no build step, no external URLs. Query options: ?token=T, ?autostart=mic, ?delay=MS.
 'use strict';
 
 (() => {
@@ -119,7 +119,11 @@
   // so each frame has that long to come back. It starts at startMs; when `critical` of the last
   // `window` frames came too late it grows by stepMs (a short pause in the sound), up to maxMs;
   // the next file starts from what this one needed (slowest frame's lead + marginMs).
+  // ?delay=MS sets the starting delay (e.g. more for a slow network).
   const JITTER = { startMs: 240, minMs: 160, maxMs: 1000, stepMs: 80, window: 25, critical: 3, marginMs: 60 };
+  if (Number.isFinite(Number(query.get('delay'))) && query.get('delay') !== null) {
+    JITTER.startMs = Math.min(JITTER.maxMs, Math.max(0, Math.round(Number(query.get('delay')))));
+  }
   const FEATHER = 0.06;              // the crop's edge fades in over 6 % of its size (20 px of 328)
   const MAX_WAITING = 60;            // frames held for painting, at most (2.4 s)
 

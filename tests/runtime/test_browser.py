@@ -456,3 +456,22 @@ def test_face_controls_and_strip_fit_the_window(browser, two_packages, tmp_path,
         context.close()
         assert srv.stop() == 0, srv.log()
     assert errors == []
+
+
+def test_jitter_buffer_grows_when_frames_come_late_and_never_shows_them_out_of_time(page, cli_server, fake_wav):
+    """?delay=40 leaves a frame 40 ms, and it needs at least the 80 ms look-ahead: frames come late.
+    They are dropped (counted), the buffer grows until they are in time, and every frame painted
+    is painted while its own 40 ms are heard."""
+    page.goto(cli_server.url + "?delay=40")
+    page.wait_for_function("window.lipsync && window.lipsync.connected && window.lipsync.base()", timeout=15_000)
+    page.set_input_files("#wav", str(fake_wav))
+    page.wait_for_function("window.lipsync.sync().painted >= 50", timeout=30_000)
+    sync = page.evaluate("window.lipsync.sync()")
+    assert sync["late"] >= 3, sync
+    assert 120 <= sync["delayMs"] <= 1000, sync
+    offsets = sync["offsets"]
+    assert min(offsets) >= -1 and max(offsets) < 40 + 20, f"painted out of its 40 ms: {min(offsets)}..{max(offsets)}"
+    assert "jitter buffer grows" in page.inner_text("#log")
+    assert page.errors == []
+    print(f"delay 40 ms grew to {sync['delayMs']} ms after {sync['late']} late frames; "
+          f"lips after sound p50 {quantile(offsets, 0.5):.1f} ms")
