@@ -475,3 +475,24 @@ def test_jitter_buffer_grows_when_frames_come_late_and_never_shows_them_out_of_t
     assert page.errors == []
     print(f"delay 40 ms grew to {sync['delayMs']} ms after {sync['late']} late frames; "
           f"lips after sound p50 {quantile(offsets, 0.5):.1f} ms")
+
+
+def test_range_request_from_the_page_gets_only_its_bytes(page, cli_server, built):
+    """What basevideo.js relies on: a Range request from the browser answers 206 with exactly
+    the bytes asked for (and a bytes=N- request at most 4 MiB of them)."""
+    page.goto(cli_server.url)
+    page.wait_for_function("window.lipsync && window.lipsync.connected", timeout=15_000)
+    data = (built("German_20s").path / "video.mp4").read_bytes()
+    got = page.evaluate("""async () => {
+      const ask = async (range) => {
+        const res = await fetch('/packages/German_20s/video', { headers: { Range: range } });
+        const body = new Uint8Array(await res.arrayBuffer());
+        return { status: res.status, range: res.headers.get('Content-Range'), length: body.length,
+                 bytes: body.length <= 1000 ? Array.from(body) : null };
+      };
+      return [await ask('bytes=100-199'), await ask('bytes=0-')];
+    }""")
+    assert got[0]["status"] == 206 and got[0]["range"] == f"bytes 100-199/{len(data)}"
+    assert bytes(got[0]["bytes"]) == data[100:200]
+    assert got[1]["status"] == 206 and got[1]["length"] == min(len(data), 4 << 20)
+    assert page.errors == []
