@@ -50,11 +50,13 @@ _RENDER = RenderOptions()
 @click.option("--certfile", type=click.Path(), default=None,
               help="PEM certificate: serve HTTPS and WSS (browsers on other machines need it for the microphone).")
 @click.option("--keyfile", type=click.Path(), default=None, help="PEM private key of --certfile.")
+@click.option("--grpc-port", type=int, default=None,
+              help="Also serve gRPC (docs/lipsync.proto) on this port, same host, token and TLS; 0: any free port.")
 @cliutil.logging_options("Log warnings and errors only; the address line is still printed.")
 @cliutil.version_option("lipsync-serve")
 def main(path, host, port, token, generator, device, threads, compile, workers, max_sessions, queue, jpeg_quality,
-         idle_timeout, allow_origins, certfile, keyfile, quiet, log_level):
-    """Serve lip-synced face frames over a websocket, with a browser client at /.
+         idle_timeout, allow_origins, certfile, keyfile, grpc_port, quiet, log_level):
+    """Serve lip-synced face frames over a websocket (and gRPC), with a browser client at /.
 
     PATH is a package folder (models/anchor) or a folder of packages (models/).
     """
@@ -65,14 +67,17 @@ def main(path, host, port, token, generator, device, threads, compile, workers, 
                            device=None if device == "auto" else device, threads=threads, compile=compile)
     options = ServeOptions(host=host, port=port, token=token, workers=workers, max_sessions=max_sessions,
                            queue_frames=queue, idle_timeout_s=idle_timeout, allow_origins=tuple(allow_origins),
-                           certfile=certfile, keyfile=keyfile,
-                           render=render)
+                           certfile=certfile, keyfile=keyfile, grpc_port=grpc_port, render=render)
+
+    def host_port(p: int) -> str:
+        return f"[{host}]:{p}" if ":" in host else f"{host}:{p}"
 
     def ready(server):
-        where = f"[{host}]:{server.port}" if ":" in host else f"{host}:{server.port}"
+        where = host_port(server.port)
         click.echo(f"lipsync-serve {__version__}: {', '.join(server.store.names())} on "
                    f"{'https' if options.tls else 'http'}://{where}/  "
-                   f"(websocket {'wss' if options.tls else 'ws'}://{where}/ws)")
+                   f"(websocket {'wss' if options.tls else 'ws'}://{where}/ws"
+                   + (f", gRPC {host_port(server.grpc_port)}" if server.grpc_port else "") + ")")
 
     try:
         serve(path, options, ready=ready)

@@ -59,6 +59,7 @@ class ServeOptions:
     allow_origins: tuple[str, ...] = ()      # web page origins allowed besides the server's own ("*": any)
     certfile: str | None = None              # PEM certificate (chain): serve HTTPS and WSS
     keyfile: str | None = None               # its PEM private key (None: the key is in certfile)
+    grpc_port: int | None = None             # also serve gRPC (docs/lipsync.proto) on this port; 0 = any free
     render: RenderOptions = field(default_factory=RenderOptions)
 
     def check(self) -> None:
@@ -68,6 +69,10 @@ class ServeOptions:
                              "(clients then pass ?token=SECRET), or bind 127.0.0.1")
         if not 0 <= self.port <= 65535:
             raise InputError(f"--port {self.port} is not a TCP port; expected 0 ... 65535")
+        if self.grpc_port is not None and not 0 <= self.grpc_port <= 65535:
+            raise InputError(f"--grpc-port {self.grpc_port} is not a TCP port; expected 0 ... 65535")
+        if self.grpc_port and self.grpc_port == self.port:
+            raise InputError(f"--grpc-port {self.grpc_port} is --port too; give gRPC a port of its own")
         if self.keyfile and not self.certfile:
             raise InputError("--keyfile needs --certfile (the certificate to serve with that key)")
         if self.certfile:

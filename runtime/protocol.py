@@ -247,6 +247,9 @@ class Frame(Message):
     server_us: int = 0
     bounds: tuple[int, int, int, int] = (0, 0, 0, 0)
     jpeg: bytes = b""
+    # The generator that rendered it. Not on the websocket wire (neither encoding carries it);
+    # the gRPC Frame does (docs/lipsync.proto). Left out of comparisons: a decoded FRAME has "".
+    tier: str = field(default="", compare=False)
 
     type: ClassVar[MessageType] = MessageType.FRAME
     _layout: ClassVar = (("status", "u8"), ("base_frame", "u32"), ("server_us", "u32"),

@@ -14,6 +14,7 @@ HTTP routes (GET only)::
     /app.js                its script (and /basevideo.js, its base-frame decoder)
     /health                {"status": "ok", ...}; never needs the token
     /stats                 Metrics.snapshot(): sessions, frames, latency p50/p95/p99 per package
+    /metrics               the same counters in the Prometheus text format (runtime.exposition)
     /packages              [{name, frames, fps, width, height, train_frames, video}, ...]
     /packages/NAME/video   the package's base video.mp4 (Range requests supported)
     /ws                    the websocket endpoint (docs/protocol.md)
@@ -33,8 +34,6 @@ import logging
 import mimetypes
 import re
 import signal
-import time
-from collections import deque
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
@@ -46,15 +45,17 @@ from websockets.http11 import Request, Response
 
 from . import __version__
 from .errors import LipsyncError, PackageError
+from .exposition import CONTENT_TYPE_LATEST, registry_for, render_text
 from .metrics import Metrics
 from .mouth import for_package
 from .options import ServeOptions, is_loopback
 from .package import read_manifest
-from .protocol import ErrorCode, Frame, ProtocolError, decode, decode_json, encode_as, error_reply
+from .protocol import ErrorCode, ProtocolError, decode, decode_json, encode_as
 from .render import check_servable
 from .session import Session
+from .sessionloop import Closed, OutQueue, run_session
 from .store import PackageStore
-from .workers import RenderFailed, WorkerDied, WorkerPool
+from .workers import WorkerPool
 
 log = logging.getLogger("lipsync.server")
 
@@ -105,53 +106,6 @@ def _host_name(host: str) -> str:
 
 
 
-class OutQueue:
-    """A session's outgoing messages, encoded, bounded.
-
-    Items are ``(is_frame, data)``. Over ``limit`` frames, the oldest frame is
-    dropped (counted in ``metrics`` at once). Control messages (CAPABILITIES,
-    STATS, ERROR) are never dropped; over ``replies`` of them unsent, the
-    client is not reading, ``overflow`` is set and the session is closed.
-    """
-
-    def __init__(self, limit: int, metrics: Metrics, replies: int = 256):
-        self.limit = limit
-        self.replies = replies
-        self.metrics = metrics
-        self.items: deque[tuple[bool, bytes | str]] = deque()
-        self.overflow = asyncio.Event()
-        self.frames = 0              # frames queued now
-        self.frames_out = 0          # frames queued in all
-        self.dropped = 0
-        self.ready = asyncio.Event()
-
-    def put(self, is_frame: bool, data: bytes | str) -> None:
-        if is_frame:
-            if self.frames >= self.limit:
-                for i, (old_is_frame, _) in enumerate(self.items):
-                    if old_is_frame:
-                        del self.items[i]
-                        self.frames -= 1
-                        self.dropped += 1
-                        self.metrics.count("dropped")
-                        break
-            self.frames += 1
-            self.frames_out += 1
-        elif len(self.items) - self.frames >= self.replies:
-            self.overflow.set()                  # not reading: the session closes; nothing more is kept
-            return
-        self.items.append((is_frame, data))
-        self.ready.set()
-
-    def pop(self) -> bytes | str | None:
-        if not self.items:
-            self.ready.clear()
-            return None
-        is_frame, data = self.items.popleft()
-        self.frames -= is_frame
-        return data
-
-
 def _response(status: int, body: bytes, ctype: str, extra: list[tuple[str, str]] | None = None) -> Response:
     headers = Headers([("Date", email.utils.formatdate(usegmt=True)), ("Connection", "close"),
                        ("Content-Length", str(len(body))), ("Content-Type", ctype),
@@ -178,8 +132,11 @@ class LipsyncServer:
         self._server = None
         self._sessions: dict[asyncio.Task, OutQueue] = {}     # each session's task and outgoing queue
         self.refused: dict[str, str] = {}                     # packages left out at start, and why
+        self._registry = registry_for(self)                  # GET /metrics
+        self._grpc = None                                     # the gRPC server, with options.grpc_port
         self._checked = False
         self.port: int | None = None
+        self.grpc_port: int | None = None
 
     # ------------------------------------------------------------ lifecycle
 
@@ -201,6 +158,16 @@ class LipsyncServer:
             ssl=self.config.ssl_context() if self.config.tls else None)
         sock = next(iter(self._server.sockets))
         self.port = sock.getsockname()[1]
+        if self.config.grpc_port is not None:
+            from .rpc import service as grpc_service       # grpcio is imported only when asked for
+
+            try:
+                self._grpc, self.grpc_port = await grpc_service.start(self)
+            except BaseException:
+                self._server.close()
+                await self.pool.stop()
+                raise
+            log.info("serving gRPC (lipsync.v1.Lipsync) on %s:%d", self.config.host, self.grpc_port)
         scheme = "https" if self.config.tls else "http"
         log.info("serving %s on %s://%s:%d/ (websocket /ws)", ", ".join(self.store.names()), scheme,
                  self.config.host, self.port)
@@ -215,6 +182,10 @@ class LipsyncServer:
         self._server.close(close_connections=False)      # stop listening; sessions go on
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.config.drain_s
+        if self._grpc is not None:                       # gRPC streams get the same drain time
+            from .rpc import service as grpc_service
+
+            grpc_stop = asyncio.ensure_future(grpc_service.stop(self._grpc, self.config.drain_s))
         while loop.time() < deadline and any(q.items for q in self._sessions.values()):
             await asyncio.sleep(0.02)
         closers = [asyncio.ensure_future(c.close(1001, "server shutting down")) for c in self._server.connections]
@@ -225,8 +196,17 @@ class LipsyncServer:
         if self._sessions:
             await asyncio.wait(list(self._sessions), timeout=0.3)
         self._server = None
+        if self._grpc is not None:
+            await asyncio.wait({grpc_stop}, timeout=self.config.drain_s + 0.3)
+            self._grpc = None
         await self.pool.stop()
         self.store.close()
+
+    def ping_rtts(self) -> list[float]:
+        """Keepalive-ping round trips (s) of the open websocket sessions that have had a ping."""
+        if self._server is None:
+            return []
+        return [c.latency for c in list(self._server.connections) if c.latency > 0]
 
     # ------------------------------------------------------------ HTTP
 
@@ -299,6 +279,8 @@ class LipsyncServer:
             return _response(200, body, ctype + ("; charset=utf-8" if ctype.startswith("text") else ""))
         if path == "/stats":
             return _json(200, self.metrics.snapshot())
+        if path == "/metrics":
+            return _response(200, await asyncio.to_thread(render_text, self._registry), CONTENT_TYPE_LATEST)
         if path == "/packages":
             return _json(200, await asyncio.to_thread(self._package_list))
         m = VIDEO_RE.match(path)
@@ -351,8 +333,7 @@ class LipsyncServer:
         task = asyncio.current_task()
         queue = OutQueue(self.config.queue_frames, self.metrics, self.config.queue_replies)
         self._sessions[task] = queue
-        self.metrics.count("sessions_active")
-        self.metrics.count("sessions_total")
+        self.metrics.session("websocket", True)
         session = Session(self.store, self.metrics)
         sender = asyncio.create_task(self._send_loop(ws, queue))
         peer = ws.remote_address
@@ -375,41 +356,23 @@ class LipsyncServer:
         finally:
             for task in (receiver, overflow, sender):
                 task.cancel()
-            self.metrics.count("sessions_active", -1)
+            self.metrics.session("websocket", False)
             self._sessions.pop(task, None)
             log.info("session closed from %s: %d frames out, %d dropped", peer, queue.frames_out, queue.dropped)
 
     async def _receive_loop(self, ws: ServerConnection, queue: OutQueue, session: Session) -> str:
         """Answer the session's messages until it closes ("closed") or goes idle ("idle")."""
         max_size = self.config.max_message_bytes
-        while True:
-            timeout = self.config.flush_ms / 1000 if session.pending else self.config.idle_timeout_s
+
+        async def receive():
             try:
-                data = await asyncio.wait_for(ws.recv(), timeout)
+                data = await ws.recv()
             except ConnectionClosed:
-                return "closed"
-            except TimeoutError:
-                if not session.pending:
-                    return "idle"
-                replies, work = [], session.prepare_flush()
-            else:
-                received = time.perf_counter()
-                try:
-                    msg = _decode(data, max_size)
-                except ProtocolError as exc:
-                    self.metrics.error(exc.code.name)
-                    queue.put(False, encode_as(error_reply(exc), session.encoding))
-                    continue
-                replies, work = session.prepare(msg, received)
-            if work is not None:
-                try:
-                    rendered = await self.pool.render(work.job)
-                except (WorkerDied, RenderFailed) as exc:
-                    log.error("session from %s: %s", ws.remote_address, exc)
-                    rendered = exc
-                replies += session.finish(work, rendered)
-            for reply in replies:
-                queue.put(isinstance(reply, Frame), encode_as(reply, session.encoding))
+                raise Closed from None
+            return _decode(data, max_size)
+
+        return await run_session(session, receive, queue, lambda reply: encode_as(reply, session.encoding),
+                                 self.pool, self.config, "websocket", str(ws.remote_address))
 
     async def _send_loop(self, ws: ServerConnection, queue: OutQueue) -> None:
         while True:

@@ -155,7 +155,7 @@ class Session:
         for seq, r in zip(work.seqs, rendered):
             self.metrics.frame(work.job.package, us, r.status, r.tier)
             out.append(Frame(seq=seq, status=r.status, base_frame=r.base, server_us=min(us, 0xFFFF_FFFF),
-                             bounds=r.bounds, jpeg=r.jpeg))
+                             bounds=r.bounds, jpeg=r.jpeg, tier=r.tier))
         return out
 
     # ------------------------------------------------------------ helpers

@@ -89,5 +89,39 @@ class PackageStore:
                 self._open[name] = Package.open(folder)
             return self._open[name]
 
+    def is_open(self, name: str) -> bool:
+        """Is package ``name`` memory-mapped in this process now?"""
+        return name in self._open
+
+    def load(self, name: str, check=None) -> Package:
+        """Offer package ``name`` again (after :meth:`unload` or a failed start-up check) and open it now.
+
+        ``check(package)`` may raise to refuse it (then it stays left out). KeyError if no
+        such package folder is in the served folder.
+        """
+        if not isinstance(name, str) or not NAME_RE.match(name):
+            raise KeyError(name)
+        was_out = name in self._left_out
+        self._left_out.discard(name)
+        try:
+            package = self.get(name)
+            if check is not None:
+                check(package)
+        except BaseException:
+            if was_out:
+                self.leave_out(name)
+            raise
+        return package
+
+    def unload(self, name: str) -> bool:
+        """Stop offering package ``name`` and drop this process's mapping of it; False if it was not offered."""
+        if name not in self.names():
+            return False
+        if self._only is not None:
+            self._open.pop(name, None)               # the one package stays offered; only unmapped
+            return True
+        self.leave_out(name)
+        return True
+
     def close(self) -> None:
         self._open.clear()

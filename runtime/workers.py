@@ -75,11 +75,13 @@ def _render_main(conn, path: str, options: RenderOptions) -> None:
         except Exception as exc:                  # a bug must not kill the process
             log.exception("render process: rendering failed")
             results = [exc] * len(jobs)
+        together = tuple(job_id for job_id, _ in batch)
         for (job_id, job), result in zip(batch, results):
             if isinstance(result, BaseException):
-                conn.send((job_id, None, job.state, " ".join(str(result).split())[:500] or type(result).__name__))
+                conn.send((job_id, None, job.state, " ".join(str(result).split())[:500] or type(result).__name__,
+                           together))
             else:
-                conn.send((job_id, result, job.state, None))
+                conn.send((job_id, result, job.state, None, together))
     renderers.close()
 
 
@@ -112,6 +114,10 @@ class WorkerPool:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._next_job = 0
         self._closing = False
+        self.restarts = 0                              # render processes replaced after dying
+        self.batches: dict[int, int] = {}              # jobs in one batch -> batches rendered
+        self.mixed_batches = 0                         # batches holding jobs of more than one transport
+        self._transport: dict[int, str] = {}           # job id -> transport, until its result
 
     async def start(self) -> None:
         self._loop = asyncio.get_running_loop()
@@ -150,9 +156,12 @@ class WorkerPool:
         except RuntimeError:                  # the loop has closed: the server is gone
             pass
 
-    @staticmethod
-    def _deliver(worker: Worker, result: tuple) -> None:
-        job_id, rendered, state, error = result
+    def _deliver(self, worker: Worker, result: tuple) -> None:
+        job_id, rendered, state, error, together = result
+        if job_id == together[0]:                      # the batch's first result: count the batch once
+            self.batches[len(together)] = self.batches.get(len(together), 0) + 1
+            self.mixed_batches += len({self._transport.get(j) for j in together}) > 1
+        self._transport.pop(job_id, None)
         fut = worker.waiting.pop(job_id, None)
         if fut is None or fut.done():
             return
@@ -167,8 +176,11 @@ class WorkerPool:
             if not fut.done():
                 fut.set_exception(WorkerDied(f"render process {worker.index} exited "
                                              f"(exit code {worker.process.exitcode})"))
+        for job_id in worker.waiting:
+            self._transport.pop(job_id, None)
         worker.waiting.clear()
         if not self._closing:
+            self.restarts += 1
             log.error("render process %d died (exit code %s); starting a new one",
                       worker.index, worker.process.exitcode)
             asyncio.ensure_future(self._replace(worker))
@@ -179,8 +191,10 @@ class WorkerPool:
 
     # ------------------------------------------------------------ rendering
 
-    async def render(self, job: RenderJob):
+    async def render(self, job: RenderJob, transport: str = ""):
         """Render ``job`` in the least busy render process; returns its frames.
+
+        ``transport`` ("websocket", "grpc") labels the job for the batch counts.
 
         ``job.state`` is replaced by the state the render process sends back.
         Raises WorkerDied when no process is running or the one rendering exits,
@@ -194,10 +208,12 @@ class WorkerPool:
         job_id = self._next_job
         fut = self._loop.create_future()
         worker.waiting[job_id] = fut
+        self._transport[job_id] = transport
         try:
             worker.conn.send((job_id, job))
         except OSError as exc:
             worker.waiting.pop(job_id, None)
+            self._transport.pop(job_id, None)
             raise WorkerDied(f"render process {worker.index}: {exc}") from None
         rendered, job.state = await fut
         return rendered

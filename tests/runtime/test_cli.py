@@ -90,14 +90,17 @@ def test_options_from_environment(calls):
 
 def test_ready_line(calls):
     def fake_serve(path, options, ready):
-        ready(SimpleNamespace(port=4321, store=SimpleNamespace(names=lambda: ["anchor", "face1"])))
+        ready(SimpleNamespace(port=4321, grpc_port=None if options.grpc_port is None else 5432,
+                              store=SimpleNamespace(names=lambda: ["anchor", "face1"])))
 
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr("runtime.server.serve", fake_serve)
         out = CliRunner().invoke(main, ["p"]).output
         ipv6 = CliRunner().invoke(main, ["p", "--host", "::1"]).output
+        grpc = CliRunner().invoke(main, ["p", "--grpc-port", "0"]).output
     assert out == (f"lipsync-serve {__version__}: anchor, face1 on http://127.0.0.1:4321/"
                    "  (websocket ws://127.0.0.1:4321/ws)\n")
+    assert grpc.endswith("(websocket ws://127.0.0.1:4321/ws, gRPC 127.0.0.1:5432)\n"), grpc
     assert READY_RE.match(out)
     assert "http://[::1]:4321/" in ipv6
 

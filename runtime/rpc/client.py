@@ -1,0 +1,212 @@
+"""A Python client for the gRPC service, shaped like :class:`runtime.client.Client`.
+
+    async with GrpcClient("grpc://127.0.0.1:50051") as c:
+        print([p.name for p in await c.packages()])
+        async for frame, round_trip_s in c.stream(samples, 16000, realtime=True):
+            ...                                   # runtime.protocol.Frame, tier included
+
+URLs: ``grpc://HOST:PORT`` (plain) or ``grpcs://HOST:PORT`` (TLS), with ``?token=T``
+for a server started with ``--token`` (sent as ``authorization: Bearer T``).
+Frames come back as :class:`runtime.protocol.Frame` (``tier`` set), errors inside a
+stream raise :class:`runtime.client.ServerError`, and failed calls raise
+``grpc.aio.AioRpcError`` with the status code of docs/grpc.md.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from types import SimpleNamespace
+from typing import AsyncIterator
+from urllib.parse import parse_qs, urlsplit
+
+import grpc
+import numpy as np
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from ..client import ServerError, Unreachable
+from ..errors import InputError
+from ..features import SAMPLE_RATE
+from ..protocol import CHUNK_MS, MAX_MESSAGE_BYTES, Error, ErrorCode, Frame, FrameStatus, SampleFormat, float32_to_pcm
+from . import lipsync_pb2 as pb
+from . import lipsync_pb2_grpc as pb_grpc
+
+
+def from_pb(f: pb.Frame) -> Frame:
+    b = f.bounds
+    return Frame(seq=f.seq, status=FrameStatus(f.status), base_frame=f.base_frame, server_us=f.server_us,
+                 bounds=(b.x0, b.y0, b.x1, b.y1), jpeg=f.jpeg, tier=f.tier)
+
+
+def from_pb_error(e: pb.Error) -> Error:
+    try:
+        code = ErrorCode(e.code)
+    except ValueError:
+        code = e.code
+    return Error(seq=e.seq, code=code, text=e.text)
+
+
+class GrpcClient:
+    """One channel to a ``lipsync-serve --grpc-port`` server.
+
+    Parameters
+    ----------
+    url : str
+        ``grpc://HOST:PORT`` or ``grpcs://HOST:PORT``, optionally ``?token=T``.
+    package : str, optional
+        The package :meth:`stream` uses unless told otherwise.
+    root_certificates : bytes, optional
+        PEM of the CA (or self-signed certificate) to trust for ``grpcs://``.
+    """
+
+    def __init__(self, url: str, package: str | None = None, timeout: float = 10.0,
+                 root_certificates: bytes | None = None, max_size: int = MAX_MESSAGE_BYTES):
+        parts = urlsplit(url)
+        if parts.scheme not in ("grpc", "grpcs") or not parts.hostname or not parts.port:
+            raise InputError(f"{url}: expected grpc://HOST:PORT or grpcs://HOST:PORT")
+        self.url, self.package, self.timeout = url, package, timeout
+        self.target = f"[{parts.hostname}]:{parts.port}" if ":" in parts.hostname else f"{parts.hostname}:{parts.port}"
+        token = (parse_qs(parts.query).get("token") or [None])[0]
+        self.metadata = (("authorization", f"Bearer {token}"),) if token else ()
+        self.tls, self.root_certificates, self.max_size = parts.scheme == "grpcs", root_certificates, max_size
+        self.channel = None
+        self.stub = None
+        self.capabilities = None
+        self._seq = 0
+
+    async def __aenter__(self) -> "GrpcClient":
+        await self.connect()
+        return self
+
+    async def __aexit__(self, *exc) -> None:
+        await self.close()
+
+    def next_seq(self) -> int:
+        self._seq = (self._seq + 1) & 0xFFFF_FFFF
+        return self._seq
+
+    async def connect(self):
+        options = [("grpc.max_receive_message_length", 64 << 20), ("grpc.max_send_message_length", self.max_size)]
+        if self.tls:
+            creds = grpc.ssl_channel_credentials(root_certificates=self.root_certificates)
+            self.channel = grpc.aio.secure_channel(self.target, creds, options=options)
+        else:
+            self.channel = grpc.aio.insecure_channel(self.target, options=options)
+        self.stub = pb_grpc.LipsyncStub(self.channel)
+        try:
+            await asyncio.wait_for(self.channel.channel_ready(), self.timeout)
+            names = [p.name for p in await self.packages()]
+        except (asyncio.TimeoutError, grpc.aio.AioRpcError) as exc:
+            await self.close()
+            detail = exc.details() if isinstance(exc, grpc.aio.AioRpcError) else "no answer"
+            raise Unreachable(f"{self.url}: no lipsync gRPC server answers ({detail}); start one with "
+                              "`lipsync-serve models/ --grpc-port PORT`") from None
+        self.capabilities = SimpleNamespace(packages=tuple(names))
+        return self.capabilities
+
+    async def close(self) -> None:
+        if self.channel is not None:
+            await self.channel.close()
+            self.channel = None
+
+    # ------------------------------------------------------------ calls
+    async def health(self, service: str = "") -> str:
+        """The standard health service's answer for ``service``: "SERVING", ..."""
+        stub = health_pb2_grpc.HealthStub(self.channel)
+        reply = await stub.Check(health_pb2.HealthCheckRequest(service=service), timeout=self.timeout)
+        return health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)
+
+    async def packages(self) -> list:
+        return list((await self.stub.ListPackages(pb.ListPackagesRequest(), metadata=self.metadata,
+                                                  timeout=self.timeout)).packages)
+
+    async def package_info(self, name: str):
+        return await self.stub.GetPackageInfo(pb.PackageRequest(name=name), metadata=self.metadata,
+                                              timeout=self.timeout)
+
+    async def load(self, name: str):
+        return await self.stub.LoadPackage(pb.PackageRequest(name=name), metadata=self.metadata, timeout=60)
+
+    async def unload(self, name: str) -> None:
+        await self.stub.UnloadPackage(pb.PackageRequest(name=name), metadata=self.metadata, timeout=self.timeout)
+
+    def _window(self, frame_id: int, samples: np.ndarray, rate: int, fmt: SampleFormat, package: str):
+        return pb.WindowRequest(seq=self.next_seq(), frame_id=frame_id, sample_rate=rate, sample_format=int(fmt),
+                                package=package, pcm=float32_to_pcm(samples, fmt))
+
+    async def window(self, frame_id: int, samples: np.ndarray, rate: int = SAMPLE_RATE,
+                     fmt: SampleFormat = SampleFormat.INT16, package: str = "") -> Frame:
+        """Generate: one 640 ms window centred on ``frame_id`` -> its Frame."""
+        reply = await self.stub.Generate(self._window(frame_id, samples, rate, fmt, package),
+                                         metadata=self.metadata, timeout=self.timeout)
+        return from_pb(reply)
+
+    async def windows(self, requests, rate: int = SAMPLE_RATE, fmt: SampleFormat = SampleFormat.INT16,
+                      package: str = "") -> list[Frame | Error]:
+        """GenerateBatch: ``requests`` = [(frame_id, samples), ...] -> a Frame or an Error for each, in order."""
+        batch = pb.GenerateBatchRequest(windows=[self._window(f, x, rate, fmt, package) for f, x in requests])
+        reply = await self.stub.GenerateBatch(batch, metadata=self.metadata, timeout=max(self.timeout, 60))
+        return [from_pb(r.frame) if r.WhichOneof("message") == "frame" else from_pb_error(r.error)
+                for r in reply.results]
+
+    async def stream(self, samples: np.ndarray, rate: int = SAMPLE_RATE, fmt: SampleFormat = SampleFormat.INT16,
+                     realtime: bool = False, package: str = "") -> AsyncIterator[tuple[Frame, float]]:
+        """Stream: ``samples`` in 40 ms chunks; yields (Frame, round-trip seconds) in order.
+
+        As :meth:`runtime.client.Client.stream`: the last partial chunk is padded
+        with silence; ``realtime`` paces one chunk per 40 ms. An ERROR in the
+        stream raises ServerError.
+        """
+        step = rate * CHUNK_MS // 1000
+        n = -(-len(samples) // step)
+        if n == 0:
+            return
+        padded = np.zeros(n * step, np.float32)
+        padded[:len(samples)] = samples
+        package = package or self.package or ""
+        sent: dict[int, float] = {}
+
+        async def requests():
+            t0 = time.perf_counter()
+            for i in range(n):
+                if realtime:
+                    await asyncio.sleep(max(0.0, t0 + i * CHUNK_MS / 1000 - time.perf_counter()))
+                seq = self.next_seq()
+                sent[seq] = time.perf_counter()
+                yield pb.StreamRequest(audio=pb.AudioChunk(
+                    seq=seq, sample_rate=rate, sample_format=int(fmt), package=package,
+                    pcm=float32_to_pcm(padded[i * step:(i + 1) * step], fmt)))
+
+        call = self.stub.Stream(requests(), metadata=self.metadata)
+        got = 0
+        try:
+            async for reply in call:
+                kind = reply.WhichOneof("message")
+                if kind == "error":
+                    raise ServerError(from_pb_error(reply.error))
+                if kind != "frame":
+                    continue
+                frame = from_pb(reply.frame)
+                yield frame, time.perf_counter() - sent.pop(frame.seq, time.perf_counter())
+                got += 1
+                if got == n:
+                    break
+        finally:
+            call.cancel()
+
+    async def stats(self) -> dict:
+        """The server's counters, asked inside a short stream."""
+        seq = self.next_seq()
+
+        async def one():
+            yield pb.StreamRequest(stats=pb.StatsRequest(seq=seq))
+
+        call = self.stub.Stream(one(), metadata=self.metadata)
+        try:
+            async for reply in call:
+                if reply.WhichOneof("message") == "stats":
+                    return json.loads(reply.stats.json)
+        finally:
+            call.cancel()
+        raise ServerError(Error(seq=seq, code=ErrorCode.INTERNAL, text="no STATS reply"))

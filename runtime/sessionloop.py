@@ -1,0 +1,126 @@
+"""One session's message loop, whatever transport carries it (websocket or gRPC).
+
+The transport hands :func:`run_session` a ``receive`` coroutine (the next decoded
+message; :class:`Closed` when the peer is gone, ProtocolError for a bad one) and an
+``encode`` function (a reply -> what the transport sends). The loop owns the rules
+that must not differ between transports:
+
+* a bad message is answered with ERROR and the session goes on;
+* when chunks wait for look-ahead and nothing arrives for ``flush_ms``, or the
+  client ends its stream, they are answered as if silence followed;
+* no message for ``idle_timeout_s`` ends the session ("idle");
+* frames are rendered by the server's one :class:`runtime.workers.WorkerPool`, so
+  jobs of websocket and gRPC sessions wait in the same pipes and are batched
+  together; a render process that dies costs one ERROR INTERNAL;
+* replies go into a bounded :class:`OutQueue`: frames drop oldest first, control
+  replies left unread past a limit set ``overflow`` and the transport closes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import deque
+from typing import Any, Awaitable, Callable
+
+from .metrics import Metrics
+from .options import ServeOptions
+from .protocol import Frame, Message, ProtocolError, error_reply
+from .session import Session
+from .workers import RenderFailed, WorkerDied, WorkerPool
+
+log = logging.getLogger("lipsync.server")
+
+
+class Closed(Exception):
+    """The transport is gone: the peer closed, or its stream of requests ended."""
+
+
+class OutQueue:
+    """A session's outgoing messages, encoded, bounded.
+
+    Items are ``(is_frame, data)``. Over ``limit`` frames, the oldest frame is
+    dropped (counted in ``metrics`` at once). Control messages (CAPABILITIES,
+    STATS, ERROR) are never dropped; over ``replies`` of them unsent, the
+    client is not reading, ``overflow`` is set and the session is closed.
+    """
+
+    def __init__(self, limit: int, metrics: Metrics, replies: int = 256):
+        self.limit = limit
+        self.replies = replies
+        self.metrics = metrics
+        self.items: deque[tuple[bool, Any]] = deque()
+        self.overflow = asyncio.Event()
+        self.frames = 0              # frames queued now
+        self.frames_out = 0          # frames queued in all
+        self.dropped = 0
+        self.ready = asyncio.Event()
+
+    def put(self, is_frame: bool, data: Any) -> None:
+        if is_frame:
+            if self.frames >= self.limit:
+                for i, (old_is_frame, _) in enumerate(self.items):
+                    if old_is_frame:
+                        del self.items[i]
+                        self.frames -= 1
+                        self.dropped += 1
+                        self.metrics.count("dropped")
+                        break
+            self.frames += 1
+            self.frames_out += 1
+        elif len(self.items) - self.frames >= self.replies:
+            self.overflow.set()                  # not reading: the session closes; nothing more is kept
+            return
+        self.items.append((is_frame, data))
+        self.ready.set()
+
+    def pop(self) -> Any | None:
+        if not self.items:
+            self.ready.clear()
+            return None
+        is_frame, data = self.items.popleft()
+        self.frames -= is_frame
+        return data
+
+
+async def run_session(session: Session, receive: Callable[[], Awaitable[Message]], queue: OutQueue,
+                      encode: Callable[[Message], Any], pool: WorkerPool, options: ServeOptions,
+                      transport: str, peer: str = "") -> str:
+    """Answer ``session``'s messages until the transport closes ("closed") or it goes idle ("idle")."""
+    while True:
+        timeout = options.flush_ms / 1000 if session.pending else options.idle_timeout_s
+        try:
+            msg = await asyncio.wait_for(receive(), timeout)
+        except Closed:
+            # The audio ended (a gRPC client half-closes after its last chunk): answer the chunks
+            # still waiting for look-ahead as if silence followed. A websocket that is gone just
+            # never sends them.
+            work = session.prepare_flush()
+            if work is not None:
+                for reply in session.finish(work, await render(pool, work.job, transport, peer)):
+                    queue.put(isinstance(reply, Frame), encode(reply))
+            return "closed"
+        except TimeoutError:
+            if not session.pending:
+                return "idle"
+            replies, work = [], session.prepare_flush()
+        except ProtocolError as exc:
+            session.metrics.error(exc.code.name)
+            queue.put(False, encode(error_reply(exc)))
+            continue
+        else:
+            replies, work = session.prepare(msg, time.perf_counter())
+        if work is not None:
+            replies += session.finish(work, await render(pool, work.job, transport, peer))
+        for reply in replies:
+            queue.put(isinstance(reply, Frame), encode(reply))
+
+
+async def render(pool: WorkerPool, job, transport: str, peer: str = ""):
+    """The job's rendered frames, or the exception that says why there are none."""
+    try:
+        return await pool.render(job, transport)
+    except (WorkerDied, RenderFailed) as exc:
+        log.error("session from %s: %s", peer, exc)
+        return exc
