@@ -41,6 +41,20 @@ class Unreachable(InputError):
     """No lipsync server answered at the URL."""
 
 
+def open_client(url: str, package: str | None = None, timeout: float = 10.0):
+    """The client for ``url``: :class:`Client` for ws:// and wss://, a gRPC client for grpc:// and grpcs://.
+
+    Both are async context managers with ``capabilities.packages``, ``stream()`` and ``window()``.
+    """
+    if url.startswith(("grpc://", "grpcs://")):
+        from .rpc.client import GrpcClient
+
+        return GrpcClient(url, package=package, timeout=timeout)
+    if not url.startswith(("ws://", "wss://")):
+        raise InputError(f"{url}: expected ws://HOST:PORT/ws, wss://..., grpc://HOST:PORT or grpcs://HOST:PORT")
+    return Client(url, package=package, timeout=timeout)
+
+
 def decode_jpeg(frame: Frame) -> np.ndarray:
     """RGB uint8 [H, W, 3] image of a FRAME's JPEG."""
     try:

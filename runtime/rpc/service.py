@@ -20,7 +20,7 @@ import time
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
-from ..errors import LipsyncError
+from ..errors import InputError, LipsyncError
 from ..generators import parse_chain
 from ..protocol import (AudioChunk, Error, ErrorCode, Frame, ProtocolError, SampleFormat, Stats, StatsRequest,
                         SwitchPackage, WindowRequest)
@@ -163,12 +163,17 @@ class LipsyncService(pb_grpc.LipsyncServicer):
                 raise Closed from None
             return to_message(req)
 
-        async def send():
+        receiving = [True]
+
+        async def send():                                      # the only writer of this call
             while True:
-                await queue.ready.wait()
                 item = queue.pop()
-                if item is not None:
-                    await context.write(item)
+                if item is None:
+                    if not receiving[0]:
+                        return
+                    await queue.ready.wait()
+                    continue
+                await context.write(item)
 
         self.metrics.session("grpc", True)
         task = asyncio.current_task()
@@ -186,8 +191,12 @@ class LipsyncService(pb_grpc.LipsyncServicer):
                                     f"{self.options.queue_replies} replies unread; read what the server sends")
             if receiver.done():
                 result = receiver.result()
-                while (item := queue.pop()) is not None:        # what the session answered last
-                    await context.write(item)
+                receiving[0] = False                             # the sender sends what is left, then ends
+                queue.ready.set()
+                try:
+                    await asyncio.wait_for(asyncio.shield(sender), self.options.drain_s + 5)
+                except TimeoutError:
+                    pass                                         # a client that does not read: give up
                 if result == "idle":
                     self.metrics.count("closed_idle")
                     await context.abort(grpc.StatusCode.DEADLINE_EXCEEDED,
@@ -293,14 +302,18 @@ async def start(server) -> tuple[grpc.aio.Server, int]:
     checker = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(checker, g)
     address = f"[{opts.host}]:{opts.grpc_port}" if ":" in opts.host else f"{opts.host}:{opts.grpc_port}"
-    if opts.tls:
-        key = open(opts.keyfile or opts.certfile, "rb").read()
-        chain = open(opts.certfile, "rb").read()
-        port = g.add_secure_port(address, grpc.ssl_server_credentials([(key, chain)]))
-    else:
-        port = g.add_insecure_port(address)
+    try:
+        if opts.tls:
+            key = open(opts.keyfile or opts.certfile, "rb").read()
+            chain = open(opts.certfile, "rb").read()
+            port = g.add_secure_port(address, grpc.ssl_server_credentials([(key, chain)]))
+        else:
+            port = g.add_insecure_port(address)
+    except RuntimeError:
+        port = 0
     if not port:
-        raise OSError(f"cannot listen for gRPC on {address}")
+        raise InputError(f"--grpc-port {opts.grpc_port}: cannot listen for gRPC on {address} (in use by "
+                         "another program?); pick another --grpc-port")
     await g.start()
     for name in ("", SERVICE):
         await checker.set(name, health_pb2.HealthCheckResponse.SERVING)

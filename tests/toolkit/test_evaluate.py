@@ -154,7 +154,8 @@ def test_quality_measures_on_known_inputs():
     assert quality.open_in_silence(np.ones(4), np.zeros(4)) is None
 
 
-def test_eval_against_a_running_server(built, anchor, tmp_path):
+@pytest.mark.parametrize("transport", ["websocket", "grpc"])
+def test_eval_against_a_running_server(built, anchor, tmp_path, transport):
     from tests.runtime.conftest import running_server
 
     served = tmp_path / "served"
@@ -162,8 +163,10 @@ def test_eval_against_a_running_server(built, anchor, tmp_path):
     link_package(anchor, served / anchor.name)
     clip = tmp_path / "clip.wav"
     ffmpeg("-i", str(AUDIO["demo1_audio"]), "-t", "3", "-ar", "16000", "-ac", "1", str(clip))
-    with running_server(served) as srv:
-        result = evaluate(anchor, clip, EvalConfig(server=srv.ws, out_dir=str(tmp_path / "r"), progress=False))
+    with running_server(served, grpc_port=0) as srv:
+        url = srv.ws if transport == "websocket" else f"grpc://127.0.0.1:{srv.server.grpc_port}"
+        result = evaluate(anchor, clip, EvalConfig(server=url, out_dir=str(tmp_path / "r"), progress=False))
+        assert srv.json("/stats")["sessions"]["by_transport"][transport]["total"] >= 1   # it went that way
     report = check_report(result.path)
     assert report["mode"] == "server" and report["frames"] == 75
     client = report["generators"]["server"]["client"]

@@ -36,7 +36,8 @@ def _sigterm(signum, frame):
               help="A real video of the speaker: driven by its own audio, its frames are the reference.")
 @click.option("--generator", default="retrieval", show_default=True,
               help="Generators to compare, comma-separated (static, retrieval, neural).")
-@click.option("--server", default=None, help="Evaluate a running lipsync-serve instead, e.g. ws://127.0.0.1:8765/ws.")
+@click.option("--server", default=None, help="Evaluate a running lipsync-serve instead: ws://127.0.0.1:8765/ws, or its gRPC port "
+                   "grpc://127.0.0.1:50051 (grpcs:// with TLS; ?token=T either way).")
 @click.option("--syncnet-weights", type=click.Path(path_type=Path), default=None,
               help="syncnet_v2.model (from syncnet_python) for LSE-D and LSE-C; skipped without it.")
 @click.option("-o", "--out", type=click.Path(path_type=Path), default=Path("reports"), show_default=True,

@@ -14,7 +14,7 @@ Stages, per frame, in milliseconds:
 ``total`` is features + generator + jpeg: the server-side time of the frame.
 
 Server runs (``--server``) stream the audio to a running ``lipsync-serve`` in
-real time with :class:`runtime.client.Client` and record the round trip per
+real time, over its websocket or its gRPC port (:func:`runtime.client.open_client`), and record the round trip per
 frame; ``audio_to_frame`` adds the chunk's own 40 ms of capture to it.
 """
 
@@ -182,10 +182,10 @@ def run_inprocess(package: Package, audio16k: np.ndarray, generator: str,
 
 
 async def _server_stream(url: str, name: str, audio16k: np.ndarray, frames: int, progress) -> list:
-    from runtime.client import Client
+    from runtime.client import open_client
 
     out = []
-    async with Client(url, package=name) as c:
+    async with open_client(url, package=name) as c:
         async for frame, rtt in c.stream(audio16k[:frames * SAMPLE_RATE * CHUNK_MS // 1000], SAMPLE_RATE, realtime=True):
             out.append((frame, rtt))
             if progress is not None:
@@ -195,10 +195,10 @@ async def _server_stream(url: str, name: str, audio16k: np.ndarray, frames: int,
 
 async def _server_windows(url: str, name: str, audio16k: np.ndarray, bases: np.ndarray, fps: float,
                           progress) -> list:
-    from runtime.client import Client, window_around
+    from runtime.client import open_client, window_around
 
     out = []
-    async with Client(url) as c:
+    async with open_client(url) as c:
         for k, base in enumerate(bases):
             t0 = time.perf_counter()
             frame = await c.window(int(base), window_around(audio16k, k, SAMPLE_RATE, fps), package=name)

@@ -57,7 +57,7 @@ class EvalConfig:
     generators: tuple[str, ...] = ("retrieval",)    # side by side in one report
     holdout: bool = False                            # self-reenactment on the held-out tail
     reference: str | None = None                     # a real video of the speaker, driven by its own audio
-    server: str | None = None                        # ws://HOST:PORT/ws of a running lipsync-serve
+    server: str | None = None                        # ws://HOST:PORT/ws or grpc://HOST:PORT of a running lipsync-serve
     syncnet_weights: str | None = None               # syncnet_v2.model: LSE-D / LSE-C
     landmarks: str = "dlib"                          # backend measuring mouths on the frames
     out_dir: str = "reports"
@@ -382,10 +382,10 @@ def _check_server(url: str, name: str) -> None:
     """Fail before any work when the server is unreachable or does not serve this package."""
     import asyncio
 
-    from runtime.client import Client
+    from runtime.client import open_client
 
     async def probe():
-        async with Client(url, timeout=5.0) as c:
+        async with open_client(url, timeout=5.0) as c:
             return c.capabilities.packages
 
     packages = asyncio.run(probe())

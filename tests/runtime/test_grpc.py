@@ -1,0 +1,342 @@
+"""The gRPC service (docs/lipsync.proto) and /metrics: a real server on 127.0.0.1 with its
+gRPC port open, real gRPC clients (runtime.rpc.client and raw stubs), websocket sessions
+beside them, and the Prometheus text parser on /metrics."""
+
+from __future__ import annotations
+
+import asyncio
+import filecmp
+import threading
+import time
+import urllib.request
+
+import grpc
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from runtime.client import Client, ServerError, window_around
+from runtime.protocol import CHUNK_MS, Error, ErrorCode, Frame, float32_to_pcm
+from runtime.rpc import codegen
+from runtime.rpc import lipsync_pb2 as pb
+from runtime.rpc import lipsync_pb2_grpc as pb_grpc
+from runtime.rpc.client import GrpcClient
+from tests.runtime.conftest import running_server
+from tests.runtime.test_browser import self_signed  # noqa: F401  (fixture: a self-signed pair for 127.0.0.1)
+
+RATE = 16_000
+STEP = RATE * CHUNK_MS // 1000
+
+
+def run(coro, timeout: float = 120):
+    return asyncio.run(asyncio.wait_for(coro, timeout))
+
+
+def grpc_url(srv, scheme: str = "grpc", token: str | None = None) -> str:
+    return f"{scheme}://127.0.0.1:{srv.server.grpc_port}" + (f"?token={token}" if token else "")
+
+
+def metrics(srv) -> dict:
+    """/metrics parsed by Prometheus' own parser: {family name: family}."""
+    with urllib.request.urlopen(srv.http + "/metrics", timeout=10) as res:
+        assert res.headers["Content-Type"].startswith("text/plain; version=")
+        text = res.read().decode()
+    return {f.name: f for f in text_string_to_metric_families(text)}
+
+
+def sample(families: dict, name: str, **labels) -> float:
+    family = families[name]
+    return sum(s.value for s in family.samples
+               if s.name == (name if family.type != "counter" else name + "_total")
+               and all(s.labels.get(k) == v for k, v in labels.items()))
+
+
+@pytest.fixture(scope="module")
+def grpc_server(packages_dir):
+    with running_server(packages_dir, grpc_port=0) as srv:
+        yield srv
+
+
+def test_stubs_match_the_proto(tmp_path):
+    """The committed runtime/rpc stubs are what docs/lipsync.proto compiles to today."""
+    for fresh in codegen.generate(tmp_path):
+        committed = codegen.HERE / fresh.name
+        assert filecmp.cmp(fresh, committed, shallow=False), \
+            f"{committed.name} is stale: run `python -m runtime.rpc.codegen` after editing docs/lipsync.proto"
+
+
+def test_every_call(grpc_server, speech):
+    clip = speech[RATE * 5:RATE * 7]                    # 2 s: 50 chunks
+
+    async def go():
+        async with GrpcClient(grpc_url(grpc_server), package="anchor") as c:
+            assert await c.health() == "SERVING" and await c.health("lipsync.v1.Lipsync") == "SERVING"
+            infos = {p.name: p for p in await c.packages()}
+            assert set(infos) == {"anchor", "face1"}
+            anchor = await c.package_info("anchor")
+            assert anchor == infos["anchor"]
+            assert (anchor.frames, anchor.fps, anchor.crop_size) == (500, 25.0, 328)
+            assert anchor.width > 0 and anchor.height > 0 and 0 < anchor.train_frames <= anchor.frames
+            assert list(anchor.tiers) == ["retrieval", "static"]
+
+            streamed = [f async for f, _ in c.stream(clip, RATE)]
+            window = await c.window(10, window_around(clip, 10), package="anchor")
+            batch = await c.windows([(k, window_around(clip, k)) for k in (3, 4, 5)] + [(9999, clip[:10240])],
+                                    package="anchor")
+
+            await c.unload("face1")
+            assert [p.name for p in await c.packages()] == ["anchor"]
+            with pytest.raises(grpc.aio.AioRpcError) as gone:
+                await c.package_info("face1")
+            assert gone.value.code() == grpc.StatusCode.NOT_FOUND
+            assert (await c.load("face1")).loaded is True
+            assert {p.name for p in await c.packages()} == {"anchor", "face1"}
+            for bad in ("../anchor", "nope", "anchor/.."):
+                with pytest.raises(grpc.aio.AioRpcError) as err:
+                    await c.load(bad)
+                assert err.value.code() == grpc.StatusCode.NOT_FOUND, bad
+            stats = await c.stats()
+        async with Client(grpc_server.ws, package="anchor") as ws:    # the same session core over websocket
+            ws_streamed = [f async for f, _ in ws.stream(clip, RATE)]
+            ws_window = await ws.window(10, window_around(clip, 10), package="anchor")
+        return streamed, window, batch, stats, ws_streamed, ws_window
+
+    streamed, window, batch, stats, ws_streamed, ws_window = run(go())
+    assert len(streamed) == 50 and all(f.tier for f in streamed)
+    assert [f.seq for f in streamed] == sorted(f.seq for f in streamed)
+    # same audio, same package: a gRPC session renders exactly what a websocket session does
+    assert [(f.jpeg, f.base_frame, f.status, f.bounds) for f in streamed] == \
+        [(f.jpeg, f.base_frame, f.status, f.bounds) for f in ws_streamed]
+    assert (window.jpeg, window.base_frame) == (ws_window.jpeg, ws_window.base_frame) and window.base_frame == 10
+    assert [type(r) for r in batch] == [Frame, Frame, Frame, Error]
+    assert [r.base_frame for r in batch[:3]] == [3, 4, 5]
+    assert batch[3].code == ErrorCode.MALFORMED and "past the end" in batch[3].text
+    assert stats["sessions"]["by_transport"]["grpc"]["total"] >= 2
+
+
+def test_grpc_and_websocket_sessions_at_once_are_batched_together(packages_dir, speech):
+    """One render process, four sessions of each transport streaming in real time at once: every
+    session gets every frame, and render batches hold jobs of both transports."""
+    clip = speech[RATE * 10:RATE * 14]                  # 4 s: 100 chunks
+    go_on = asyncio.Event
+
+    async def one(client, start):
+        async with client as c:
+            await start.wait()                          # every session connected: start together
+            return [f async for f, _ in c.stream(clip, RATE, realtime=True)]
+
+    with running_server(packages_dir, grpc_port=0, workers=1) as srv:
+        async def go():
+            start = go_on()
+            clients = [Client(srv.ws, package="anchor") for _ in range(4)] + \
+                [GrpcClient(grpc_url(srv), package="anchor") for _ in range(4)]
+            tasks = [asyncio.create_task(one(c, start)) for c in clients]
+            await asyncio.sleep(1.0)
+            start.set()
+            return await asyncio.gather(*tasks)
+
+        results = run(go())
+        families = metrics(srv)
+        stats = srv.json("/stats")
+    assert [len(r) for r in results] == [100] * 8
+    assert all(r[k].jpeg == results[0][k].jpeg for r in results for k in (0, 50, 99))
+    mixed = sample(families, "lipsync_render_batches_mixed")
+    batched = sum(s.value for s in families["lipsync_render_batches"].samples if s.labels["jobs"] != "1")
+    assert mixed > 0 and batched > 0, families["lipsync_render_batches"].samples
+    assert sample(families, "lipsync_sessions_opened", transport="grpc") == 4
+    assert sample(families, "lipsync_sessions_opened", transport="websocket") == 4
+    print(f"render batches by jobs: {[(s.labels['jobs'], s.value) for s in families['lipsync_render_batches'].samples]}"
+          f", mixed: {mixed:.0f}; frames {stats['frames_served']}")
+
+
+def test_bad_messages_get_errors_and_the_server_goes_on(packages_dir, speech):
+    chunk = float32_to_pcm(speech[RATE * 5:RATE * 5 + STEP], 1)
+    with running_server(packages_dir, grpc_port=0, idle_timeout_s=1.0) as srv:
+        channel_target = f"127.0.0.1:{srv.server.grpc_port}"
+
+        async def go():
+            async with grpc.aio.insecure_channel(channel_target, options=[
+                    ("grpc.max_send_message_length", 8 << 20)]) as ch:
+                stub = pb_grpc.LipsyncStub(ch)
+
+                async def requests():
+                    yield pb.StreamRequest()                                           # holds nothing
+                    yield pb.StreamRequest(audio=pb.AudioChunk(seq=1, sample_rate=RATE, pcm=chunk[:100]))
+                    yield pb.StreamRequest(audio=pb.AudioChunk(seq=2, sample_rate=RATE, sample_format=7, pcm=chunk))
+                    yield pb.StreamRequest(audio=pb.AudioChunk(seq=3, sample_rate=RATE, pcm=chunk, package="nope"))
+                    yield pb.StreamRequest(audio=pb.AudioChunk(seq=4, sample_rate=44_100, pcm=chunk))
+                    yield pb.StreamRequest(switch_package=pb.SwitchPackage(seq=5, package="../anchor"))
+                    for k in range(10, 20):                                            # and then good audio
+                        yield pb.StreamRequest(audio=pb.AudioChunk(seq=k, sample_rate=RATE, pcm=chunk))
+
+                replies = [r async for r in stub.Stream(requests())]
+                codes = {}
+                for name, window in (("bad frame", pb.WindowRequest(frame_id=99_999, sample_rate=RATE,
+                                                                     pcm=chunk * 16)),
+                                     ("bad package", pb.WindowRequest(sample_rate=RATE, pcm=chunk * 16,
+                                                                       package="nope")),
+                                     ("short window", pb.WindowRequest(sample_rate=RATE, pcm=chunk)),
+                                     ("too big", pb.WindowRequest(sample_rate=RATE, pcm=b"\0" * (2 << 20)))):
+                    with pytest.raises(grpc.aio.AioRpcError) as err:
+                        await stub.Generate(window)
+                    codes[name] = err.value.code()
+                with pytest.raises(grpc.aio.AioRpcError) as err:
+                    await stub.GenerateBatch(pb.GenerateBatchRequest(windows=[pb.WindowRequest()] * 300))
+                codes["batch of 300"] = err.value.code()
+
+                async def silent():                                                   # sends nothing
+                    await asyncio.sleep(3)
+                    yield pb.StreamRequest()
+
+                t0 = time.monotonic()
+                with pytest.raises(grpc.aio.AioRpcError) as err:
+                    async for _ in stub.Stream(silent()):
+                        pass
+                codes["idle"], idle_s = err.value.code(), time.monotonic() - t0
+                ok = await stub.Generate(pb.WindowRequest(frame_id=5, sample_rate=RATE, pcm=chunk * 16))
+                return replies, codes, idle_s, ok
+
+        replies, codes, idle_s, ok = run(go())
+        stats = srv.json("/stats")
+    errors = [r.error for r in replies if r.WhichOneof("message") == "error"]
+    frames = [r.frame for r in replies if r.WhichOneof("message") == "frame"]
+    assert [e.name for e in errors] == ["UNKNOWN_TYPE", "BAD_AUDIO", "MALFORMED", "UNKNOWN_PACKAGE", "BAD_AUDIO",
+                                        "UNKNOWN_PACKAGE"], [(e.name, e.text) for e in errors]
+    assert all(e.text for e in errors)
+    assert [f.seq for f in frames] == list(range(10, 20))       # the session went on: every good chunk answered
+    assert codes == {"bad frame": grpc.StatusCode.INVALID_ARGUMENT, "bad package": grpc.StatusCode.NOT_FOUND,
+                     "short window": grpc.StatusCode.INVALID_ARGUMENT,
+                     "too big": grpc.StatusCode.RESOURCE_EXHAUSTED,
+                     "batch of 300": grpc.StatusCode.INVALID_ARGUMENT,
+                     "idle": grpc.StatusCode.DEADLINE_EXCEEDED}
+    assert 0.9 <= idle_s < 2.9
+    assert ok.base_frame == 5
+    assert stats["sessions"]["closed_idle"] == 1
+    assert stats["errors"]["BAD_AUDIO"] >= 3
+
+
+def test_a_client_that_does_not_read_loses_old_frames_not_memory(packages_dir, speech):
+    """The per-stream queue is bounded: a client that sends 20 s of audio without reading gets the
+    newest frames and the server counts the rest as dropped."""
+    clip = float32_to_pcm(speech[RATE * 2:RATE * 22], 1)
+    chunks = [clip[i:i + 2 * STEP] for i in range(0, len(clip), 2 * STEP)]
+    with running_server(packages_dir, grpc_port=0, queue_frames=4) as srv:
+        async def go():
+            # a small receive window: the server's writes block as soon as the client stops reading
+            async with grpc.aio.insecure_channel(f"127.0.0.1:{srv.server.grpc_port}", options=[
+                    ("grpc.http2.bdp_probe", 0), ("grpc.http2.lookahead_bytes", 16_384)]) as ch:
+                stub = pb_grpc.LipsyncStub(ch)
+                sent = asyncio.Event()
+
+                async def requests():
+                    for k, pcm in enumerate(chunks):
+                        yield pb.StreamRequest(audio=pb.AudioChunk(seq=k, sample_rate=RATE, pcm=pcm))
+                    sent.set()
+                    await asyncio.sleep(1.0)
+
+                call = stub.Stream(requests())
+                await asyncio.wait_for(sent.wait(), 60)
+                await asyncio.sleep(3.0)                      # not reading while the server renders
+                return [r.frame.seq async for r in call if r.WhichOneof("message") == "frame"]
+
+        seqs = run(go())
+        dropped = srv.json("/stats")["frames_dropped"]
+    assert seqs == sorted(seqs) and seqs[-1] == len(chunks) - 1          # the newest frames arrive, in order
+    assert dropped > 0 and len(seqs) + dropped == len(chunks), (len(seqs), dropped)
+    print(f"{len(chunks)} chunks, {len(seqs)} frames read, {dropped} dropped")
+
+
+def test_token_and_tls(packages_dir, speech, self_signed):  # noqa: F811
+    cert, key = self_signed
+    root = cert.read_bytes()
+    clip = speech[RATE * 5:RATE * 6]
+    with running_server(packages_dir, grpc_port=0, token="s3cret", certfile=str(cert), keyfile=str(key)) as srv:
+        async def go():
+            async with GrpcClient(grpc_url(srv, "grpcs", token="s3cret"), root_certificates=root,
+                                  package="anchor") as c:
+                frames = [f async for f, _ in c.stream(clip, RATE)]
+                health = await c.health()
+            creds = grpc.ssl_channel_credentials(root_certificates=root)
+            async with grpc.aio.secure_channel(f"127.0.0.1:{srv.server.grpc_port}", creds) as ch:
+                stub = pb_grpc.LipsyncStub(ch)
+                codes = []
+                for metadata in ((), (("authorization", "Bearer wrong"),), (("authorization", "s3cret"),)):
+                    with pytest.raises(grpc.aio.AioRpcError) as err:
+                        await stub.ListPackages(pb.ListPackagesRequest(), metadata=metadata)
+                    codes.append(err.value.code())
+
+                async def one():
+                    yield pb.StreamRequest(stats=pb.StatsRequest(seq=1))
+
+                with pytest.raises(grpc.aio.AioRpcError) as err:
+                    async for _ in stub.Stream(one()):
+                        pass
+                codes.append(err.value.code())
+            async with grpc.aio.insecure_channel(f"127.0.0.1:{srv.server.grpc_port}") as ch:   # plain text: refused
+                with pytest.raises(grpc.aio.AioRpcError) as err:
+                    await pb_grpc.LipsyncStub(ch).ListPackages(pb.ListPackagesRequest(), timeout=5)
+                codes.append(err.value.code())
+            return frames, health, codes
+
+        frames, health, codes = run(go())
+    assert len(frames) == 25 and health == "SERVING"
+    assert codes[:4] == [grpc.StatusCode.UNAUTHENTICATED] * 4
+    assert codes[4] == grpc.StatusCode.UNAVAILABLE
+
+
+def test_metrics_in_the_prometheus_text_format(grpc_server, speech):
+    async def go():
+        async with GrpcClient(grpc_url(grpc_server), package="anchor") as c:
+            n = len([f async for f, _ in c.stream(speech[RATE * 20:RATE * 21], RATE)])
+        async with Client(grpc_server.ws) as ws:
+            with pytest.raises(ServerError):
+                await ws.switch("nope")
+                await ws.stats()
+        return n
+
+    assert run(go()) == 25
+    families = metrics(grpc_server)
+    stats = grpc_server.json("/stats")
+    for name in ("lipsync_frames", "lipsync_server_time_seconds", "lipsync_sessions", "lipsync_sessions_opened",
+                 "lipsync_frames_dropped", "lipsync_overload_frames", "lipsync_errors",
+                 "lipsync_render_process_restarts", "lipsync_sessions_closed_idle", "lipsync_websocket_ping_rtt_seconds",
+                 "lipsync_render_batches", "lipsync_idle_frames", "lipsync_packages"):
+        assert name in families, name
+    assert families["lipsync_server_time_seconds"].type == "histogram"
+    assert sample(families, "lipsync_frames") == stats["frames_served"]
+    count = [s for s in families["lipsync_server_time_seconds"].samples
+             if s.name.endswith("_count") and s.labels["package"] == "anchor"][0].value
+    inf = [s for s in families["lipsync_server_time_seconds"].samples
+           if s.name.endswith("_bucket") and s.labels == {"package": "anchor", "le": "+Inf"}][0].value
+    assert count == inf == stats["packages"]["anchor"]["frames"]
+    tiers = {s.labels["tier"] for s in families["lipsync_frames"].samples if s.labels["package"] == "anchor"}
+    assert tiers <= {"retrieval", "static", "idle", "static:overload"} and "retrieval" in tiers
+    assert sample(families, "lipsync_errors", code="UNKNOWN_PACKAGE") == stats["errors"]["UNKNOWN_PACKAGE"] >= 1
+    assert sample(families, "lipsync_sessions_opened", transport="grpc") >= 1
+    assert sample(families, "lipsync_packages") == 2
+
+
+def test_grpc_port_in_use_is_one_clear_error(packages_dir):
+    import socket
+
+    from runtime.errors import InputError
+    from runtime.options import ServeOptions
+    from runtime.server import LipsyncServer
+    from runtime.store import PackageStore
+
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        server = LipsyncServer(PackageStore(packages_dir), ServeOptions(port=0, grpc_port=port))
+        err = []
+
+        def main():
+            try:
+                asyncio.run(server.start())
+            except Exception as exc:        # noqa: BLE001 - the test looks at it
+                err.append(exc)
+
+        t = threading.Thread(target=main)
+        t.start()
+        t.join(60)
+    assert err and isinstance(err[0], InputError) and f"--grpc-port {port}" in str(err[0]), err
