@@ -63,7 +63,33 @@ def decode_jpeg(frame: Frame) -> np.ndarray:
         raise LipsyncError(f"FRAME seq {frame.seq}: JPEG does not decode") from None
 
 
-class Client:
+class BaseClient:
+    """What the websocket and the gRPC client share: ``async with``, seq numbers, 40 ms chunks."""
+
+    _seq = 0
+
+    async def __aenter__(self):
+        await self.connect()
+        return self
+
+    async def __aexit__(self, *exc) -> None:
+        await self.close()
+
+    def next_seq(self) -> int:
+        self._seq = (self._seq + 1) & 0xFFFF_FFFF
+        return self._seq
+
+    @staticmethod
+    def chunks(samples: np.ndarray, rate: int) -> list[np.ndarray]:
+        """``samples`` in 40 ms pieces; the last one padded with silence."""
+        step = rate * CHUNK_MS // 1000
+        n = -(-len(samples) // step)
+        padded = np.zeros(n * step, np.float32)
+        padded[:len(samples)] = samples
+        return [padded[i * step:(i + 1) * step] for i in range(n)]
+
+
+class Client(BaseClient):
     """One websocket session.
 
     Parameters
@@ -86,18 +112,6 @@ class Client:
         self.timeout, self.max_size, self.ssl = timeout, max_size, ssl
         self.ws = None
         self.capabilities: Capabilities | None = None
-        self._seq = 0
-
-    async def __aenter__(self) -> "Client":
-        await self.connect()
-        return self
-
-    async def __aexit__(self, *exc) -> None:
-        await self.close()
-
-    def next_seq(self) -> int:
-        self._seq = (self._seq + 1) & 0xFFFF_FFFF
-        return self._seq
 
     async def connect(self) -> Capabilities:
         try:
@@ -172,21 +186,19 @@ class Client:
         fast as the server answers. The round trip is from sending a chunk to
         receiving its frame, so it includes the server's look-ahead wait.
         """
-        step = rate * CHUNK_MS // 1000
-        n = -(-len(samples) // step)
-        padded = np.zeros(n * step, np.float32)
-        padded[:len(samples)] = samples
+        pieces = self.chunks(samples, rate)
+        n = len(pieces)
         sent: dict[int, float] = {}
         t0 = time.perf_counter()
 
         async def producer():
-            for i in range(n):
+            for i, piece in enumerate(pieces):
                 if realtime:
                     await asyncio.sleep(max(0.0, t0 + i * CHUNK_MS / 1000 - time.perf_counter()))
                 seq = self.next_seq()
                 sent[seq] = time.perf_counter()
                 await self.send(AudioChunk(seq=seq, sample_rate=rate, sample_format=fmt, package=package,
-                                           pcm=float32_to_pcm(padded[i * step:(i + 1) * step], fmt)))
+                                           pcm=float32_to_pcm(piece, fmt)))
 
         if n == 0:
             return

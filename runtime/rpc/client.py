@@ -25,7 +25,7 @@ import grpc
 import numpy as np
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from ..client import ServerError, Unreachable
+from ..client import BaseClient, ServerError, Unreachable
 from ..errors import InputError
 from ..features import SAMPLE_RATE
 from ..protocol import CHUNK_MS, MAX_MESSAGE_BYTES, Error, ErrorCode, Frame, FrameStatus, SampleFormat, float32_to_pcm
@@ -47,7 +47,7 @@ def from_pb_error(e: pb.Error) -> Error:
     return Error(seq=e.seq, code=code, text=e.text)
 
 
-class GrpcClient:
+class GrpcClient(BaseClient):
     """One channel to a ``lipsync-serve --grpc-port`` server.
 
     Parameters
@@ -73,18 +73,6 @@ class GrpcClient:
         self.channel = None
         self.stub = None
         self.capabilities = None
-        self._seq = 0
-
-    async def __aenter__(self) -> "GrpcClient":
-        await self.connect()
-        return self
-
-    async def __aexit__(self, *exc) -> None:
-        await self.close()
-
-    def next_seq(self) -> int:
-        self._seq = (self._seq + 1) & 0xFFFF_FFFF
-        return self._seq
 
     async def connect(self):
         options = [("grpc.max_receive_message_length", 64 << 20), ("grpc.max_send_message_length", self.max_size)]
@@ -158,25 +146,22 @@ class GrpcClient:
         with silence; ``realtime`` paces one chunk per 40 ms. An ERROR in the
         stream raises ServerError.
         """
-        step = rate * CHUNK_MS // 1000
-        n = -(-len(samples) // step)
+        pieces = self.chunks(samples, rate)
+        n = len(pieces)
         if n == 0:
             return
-        padded = np.zeros(n * step, np.float32)
-        padded[:len(samples)] = samples
         package = package or self.package or ""
         sent: dict[int, float] = {}
 
         async def requests():
             t0 = time.perf_counter()
-            for i in range(n):
+            for i, piece in enumerate(pieces):
                 if realtime:
                     await asyncio.sleep(max(0.0, t0 + i * CHUNK_MS / 1000 - time.perf_counter()))
                 seq = self.next_seq()
                 sent[seq] = time.perf_counter()
-                yield pb.StreamRequest(audio=pb.AudioChunk(
-                    seq=seq, sample_rate=rate, sample_format=int(fmt), package=package,
-                    pcm=float32_to_pcm(padded[i * step:(i + 1) * step], fmt)))
+                yield pb.StreamRequest(audio=pb.AudioChunk(seq=seq, sample_rate=rate, sample_format=int(fmt),
+                                                           package=package, pcm=float32_to_pcm(piece, fmt)))
 
         call = self.stub.Stream(requests(), metadata=self.metadata)
         got = 0

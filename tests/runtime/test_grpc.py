@@ -265,6 +265,10 @@ def test_token_and_tls(packages_dir, speech, self_signed):  # noqa: F811
                     codes.append(err.value.code())
 
                 async def one():
+                    # The server refuses the call at once. A request written after that makes the
+                    # Python client report its own INTERNAL send failure instead of the status, so
+                    # this one waits until the refusal has come.
+                    await asyncio.sleep(1.0)
                     yield pb.StreamRequest(stats=pb.StatsRequest(seq=1))
 
                 with pytest.raises(grpc.aio.AioRpcError) as err:
