@@ -145,7 +145,7 @@ class WorkerPool:
         while True:
             try:
                 result = worker.conn.recv()
-            except (EOFError, OSError):
+            except (EOFError, OSError, TypeError, ValueError):   # closed; TypeError: closed while reading
                 break
             self._post(self._deliver, worker, result)
         self._post(self._died, worker)
