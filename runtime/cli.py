@@ -37,7 +37,7 @@ _RENDER = RenderOptions()
 @click.option("--workers", type=int, default=_SERVE.workers, show_default=True,
               help="Render processes (not threads); one per core.")
 @click.option("--max-sessions", type=int, default=_SERVE.max_sessions, show_default=True,
-              help="Concurrent websocket sessions.")
+              help="Concurrent sessions, websocket and gRPC together.")
 @click.option("--queue", type=int, default=_SERVE.queue_frames, show_default=True,
               help="Frames queued per session before the oldest is dropped.")
 @click.option("--jpeg-quality", type=int, default=_RENDER.jpeg_quality, show_default=True,

@@ -6,6 +6,11 @@ from __future__ import annotations
 
 import asyncio
 import filecmp
+import os
+import re
+import signal
+import subprocess
+import sys
 import threading
 import time
 import urllib.request
@@ -20,6 +25,7 @@ from runtime.rpc import codegen
 from runtime.rpc import lipsync_pb2 as pb
 from runtime.rpc import lipsync_pb2_grpc as pb_grpc
 from runtime.rpc.client import GrpcClient
+from tests.conftest import ROOT
 from tests.runtime.conftest import running_server
 from tests.runtime.test_browser import self_signed  # noqa: F401  (fixture: a self-signed pair for 127.0.0.1)
 
@@ -345,3 +351,35 @@ def test_grpc_port_in_use_is_one_clear_error(packages_dir):
         t.start()
         t.join(60)
     assert err and isinstance(err[0], InputError) and f"--grpc-port {port}" in str(err[0]), err
+
+
+def test_sigterm_with_a_grpc_stream_open_exits_within_2s(packages_dir, speech):
+    proc = subprocess.Popen([sys.executable, "-m", "runtime.cli", str(packages_dir / "anchor"), "--port", "0",
+                             "--grpc-port", "0"], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+                            cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    try:
+        port = int(re.search(r"gRPC 127\.0\.0\.1:(\d+)", proc.stdout.readline()).group(1))
+        ended = {}
+
+        async def go():
+            async with GrpcClient(f"grpc://127.0.0.1:{port}") as c:
+                got = 0
+                try:
+                    async for _ in c.stream(speech[RATE * 5:RATE * 15], RATE, realtime=True):
+                        got += 1
+                        if got == 25:
+                            ended["t0"] = time.monotonic()
+                            proc.send_signal(signal.SIGTERM)
+                except grpc.aio.AioRpcError as exc:
+                    ended["code"] = exc.code()
+                ended["got"] = got
+
+        run(go(), 30)
+        rc = proc.wait(5)
+        assert time.monotonic() - ended["t0"] < 2.5
+        assert rc == 0
+        assert 25 <= ended["got"] < 250 and ended.get("code") in (None, grpc.StatusCode.UNAVAILABLE,
+                                                                  grpc.StatusCode.CANCELLED), ended
+    finally:
+        proc.kill()
+        proc.wait()
