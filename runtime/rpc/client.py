@@ -87,6 +87,8 @@ class GrpcClient(BaseClient):
             names = [p.name for p in await self.packages()]
         except (asyncio.TimeoutError, grpc.aio.AioRpcError) as exc:
             await self.close()
+            if isinstance(exc, grpc.aio.AioRpcError) and exc.code() == grpc.StatusCode.UNAUTHENTICATED:
+                raise Unreachable(f"{self.url}: the server wants its token: add ?token=TOKEN to the URL") from None
             detail = exc.details() if isinstance(exc, grpc.aio.AioRpcError) else "no answer"
             raise Unreachable(f"{self.url}: no lipsync gRPC server answers ({detail}); start one with "
                               "`lipsync-serve models/ --grpc-port PORT`") from None
@@ -154,6 +156,9 @@ class GrpcClient(BaseClient):
         sent: dict[int, float] = {}
 
         async def requests():
+            await call.initial_metadata()             # the server took the call (or ended it: then its status)
+            if call.done():
+                return
             t0 = time.perf_counter()
             for i, piece in enumerate(pieces):
                 if realtime:
@@ -185,7 +190,9 @@ class GrpcClient(BaseClient):
         seq = self.next_seq()
 
         async def one():
-            yield pb.StreamRequest(stats=pb.StatsRequest(seq=seq))
+            await call.initial_metadata()
+            if not call.done():
+                yield pb.StreamRequest(stats=pb.StatsRequest(seq=seq))
 
         call = self.stub.Stream(one(), metadata=self.metadata)
         try:

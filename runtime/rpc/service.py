@@ -150,6 +150,9 @@ class LipsyncService(pb_grpc.LipsyncServicer):
         if self.metrics.sessions_active >= self.options.max_sessions:
             await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED,
                                 f"server full ({self.options.max_sessions} sessions); retry later")
+        # Initial metadata at once: a client may wait for it before writing, so that a refused call
+        # (token, capacity) is seen as its status rather than as a failed write.
+        await context.send_initial_metadata(())
         peer = context.peer()
         queue = OutQueue(self.options.queue_frames, self.metrics, self.options.queue_replies)
         session = Session(self.store, self.metrics)

@@ -19,7 +19,7 @@ import grpc
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from runtime.client import Client, ServerError, window_around
+from runtime.client import Client, ServerError, Unreachable, window_around
 from runtime.protocol import CHUNK_MS, Error, ErrorCode, Frame, float32_to_pcm
 from runtime.rpc import codegen
 from runtime.rpc import lipsync_pb2 as pb
@@ -262,6 +262,16 @@ def test_token_and_tls(packages_dir, speech, self_signed):  # noqa: F811
                                   package="anchor") as c:
                 frames = [f async for f, _ in c.stream(clip, RATE)]
                 health = await c.health()
+            with pytest.raises(Unreachable, match=r"\?token="):                # the client says what is missing
+                async with GrpcClient(grpc_url(srv, "grpcs"), root_certificates=root):
+                    pass
+            wrong = GrpcClient(grpc_url(srv, "grpcs", token="s3cret"), root_certificates=root, package="anchor")
+            async with wrong as c:
+                c.metadata = (("authorization", "Bearer wrong"),)
+                with pytest.raises(grpc.aio.AioRpcError) as err:     # a refused stream shows its own status
+                    async for _ in c.stream(clip, RATE):
+                        pass
+                stream_code = err.value.code()
             creds = grpc.ssl_channel_credentials(root_certificates=root)
             async with grpc.aio.secure_channel(f"127.0.0.1:{srv.server.grpc_port}", creds) as ch:
                 stub = pb_grpc.LipsyncStub(ch)
@@ -286,10 +296,11 @@ def test_token_and_tls(packages_dir, speech, self_signed):  # noqa: F811
                 with pytest.raises(grpc.aio.AioRpcError) as err:
                     await pb_grpc.LipsyncStub(ch).ListPackages(pb.ListPackagesRequest(), timeout=5)
                 codes.append(err.value.code())
-            return frames, health, codes
+            return frames, health, codes, stream_code
 
-        frames, health, codes = run(go())
+        frames, health, codes, stream_code = run(go())
     assert len(frames) == 25 and health == "SERVING"
+    assert stream_code == grpc.StatusCode.UNAUTHENTICATED
     assert codes[:4] == [grpc.StatusCode.UNAUTHENTICATED] * 4
     assert codes[4] == grpc.StatusCode.UNAVAILABLE
 
