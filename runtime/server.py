@@ -11,7 +11,7 @@ the frames it makes due, encodes the replies and queues them for sending.
 HTTP routes (GET only)::
 
     /                      the browser client (runtime/web/index.html)
-    /app.js                its script (and /basevideo.js, its base-frame decoder)
+    /app.js                its script (and /protocol.js, /basevideo.js: its codec and base-frame decoder)
     /health                {"status": "ok", ...}; never needs the token
     /stats                 Metrics.snapshot(): sessions, frames, latency p50/p95/p99 per package
     /metrics               the same counters in the Prometheus text format (runtime.exposition)
@@ -60,7 +60,8 @@ from .workers import WorkerPool
 log = logging.getLogger("lipsync.server")
 
 WEB_DIR = Path(__file__).with_name("web")
-STATIC = {"/": "index.html", "/index.html": "index.html", "/app.js": "app.js", "/basevideo.js": "basevideo.js",
+STATIC = {"/": "index.html", "/index.html": "index.html", "/app.js": "app.js", "/protocol.js": "protocol.js",
+          "/basevideo.js": "basevideo.js",
           "/style.css": "style.css"}
 VIDEO_RE = re.compile(r"^/packages/([^/]+)/video$")
 RANGE_RE = re.compile(r"^bytes=(\d*)-(\d*)$")

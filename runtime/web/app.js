@@ -1,7 +1,7 @@
 // lipsync-serve browser client.
 //
 // Audio (microphone or a WAV file) is cut into 40 ms chunks of 24 kHz int16 and streamed as
-// AUDIO_CHUNK over the binary protocol of docs/protocol.md. Every FRAME that comes back carries
+// AUDIO_CHUNK over the binary protocol of docs/protocol.md (protocol.js). Every FRAME that comes back carries
 // the seq of the chunk it belongs to and the base frame it was rendered for; the page draws that
 // exact base frame (basevideo.js) and blends the face crop onto it with a feathered edge.
 //
@@ -12,12 +12,8 @@
 'use strict';
 
 (() => {
-  // ------------------------------------------------------------ protocol constants
-  const MAGIC = [0x4c, 0x53, 0x59, 0x4e];              // "LSYN"
-  const VERSION = 1;
-  const T = { HELLO: 1, CAPABILITIES: 2, AUDIO_CHUNK: 3, FRAME: 5, SWITCH_PACKAGE: 6, STATS: 8, ERROR: 9 };
-  const ERROR_NAMES = { 1: 'MALFORMED', 2: 'BAD_CRC', 3: 'UNKNOWN_TYPE', 4: 'UNKNOWN_PACKAGE', 5: 'TOO_BIG',
-    6: 'UNSUPPORTED_VERSION', 7: 'BAD_AUDIO', 9: 'INTERNAL' };   // 8 and 10: reserved, never sent
+  // ------------------------------------------------------------ constants
+  const { T, ERROR_NAMES, encodeJson, encodeSwitch, encodeAudio, decode } = window.LipsyncProtocol;
   const RATE = 24000;                                   // Hz, what we send
   const CHUNK_MS = 40;
   const CHUNK = RATE * CHUNK_MS / 1000;                 // 960 samples per AUDIO_CHUNK
@@ -27,84 +23,6 @@
   // Chunks are numbered 0, 1, 2, ... so that slot = seq % 500 has no gaps; HELLO and
   // SWITCH_PACKAGE take their numbers from a separate range so they never collide with a chunk.
   const CONTROL_SEQ0 = 0x80000000;
-
-  // ------------------------------------------------------------ CRC32 (zlib's, table driven)
-  const CRC_TABLE = new Uint32Array(256);
-  for (let n = 0; n < 256; n++) {
-    let c = n;
-    for (let k = 0; k < 8; k++) c = c & 1 ? 0xEDB88320 ^ (c >>> 1) : c >>> 1;
-    CRC_TABLE[n] = c >>> 0;
-  }
-  function crc32(bytes, end) {
-    let c = 0xFFFFFFFF;
-    for (let i = 0; i < end; i++) c = CRC_TABLE[(c ^ bytes[i]) & 0xFF] ^ (c >>> 8);
-    return (c ^ 0xFFFFFFFF) >>> 0;
-  }
-
-  // ------------------------------------------------------------ encode / decode
-  const utf8 = new TextEncoder();
-  const utf8d = new TextDecoder('utf-8', { fatal: true });
-
-  // header (10 bytes) + body (bodyLen bytes, written by fill) + CRC32 of everything before it
-  function message(type, seq, bodyLen, fill) {
-    const buf = new ArrayBuffer(14 + bodyLen);
-    const dv = new DataView(buf), u8 = new Uint8Array(buf);
-    u8.set(MAGIC, 0);
-    dv.setUint8(4, VERSION);
-    dv.setUint8(5, type);
-    dv.setUint32(6, seq >>> 0, true);
-    fill(dv, u8, 10);
-    dv.setUint32(10 + bodyLen, crc32(u8, 10 + bodyLen), true);
-    return buf;
-  }
-  const encodeJson = (type, seq, obj) => {
-    const b = utf8.encode(JSON.stringify(obj));
-    return message(type, seq, 4 + b.length, (dv, u8, o) => { dv.setUint32(o, b.length, true); u8.set(b, o + 4); });
-  };
-  const encodeSwitch = (seq, name) => {
-    const b = utf8.encode(name);
-    return message(T.SWITCH_PACKAGE, seq, 1 + b.length, (dv, u8, o) => { dv.setUint8(o, b.length); u8.set(b, o + 1); });
-  };
-  // AUDIO_CHUNK: rate, format 1 (int16), empty package name (= the session's package), PCM
-  const encodeAudio = (seq, pcm) => message(T.AUDIO_CHUNK, seq, 10 + 2 * pcm.length, (dv, u8, o) => {
-    dv.setUint32(o, RATE, true);
-    dv.setUint8(o + 4, 1);
-    dv.setUint8(o + 5, 0);
-    dv.setUint32(o + 6, 2 * pcm.length, true);
-    for (let i = 0; i < pcm.length; i++) dv.setInt16(o + 10 + 2 * i, pcm[i], true);
-  });
-
-  function decode(buf) {
-    const u8 = new Uint8Array(buf), dv = new DataView(buf), n = u8.length;
-    if (n < 14 || MAGIC.some((m, i) => u8[i] !== m)) throw new Error(`not a protocol message (${n} bytes)`);
-    if (u8[4] !== VERSION) throw new Error(`protocol version ${u8[4]}; this client speaks ${VERSION}`);
-    if (dv.getUint32(n - 4, true) !== crc32(u8, n - 4)) throw new Error(`CRC32 mismatch on a ${n}-byte message`);
-    const type = u8[5], seq = dv.getUint32(6, true), end = n - 4;
-    let o = 10;
-    const take = (k) => {
-      if (o + k > end) throw new Error(`message type ${type} is cut short`);
-      const at = o; o += k; return at;
-    };
-    let msg;
-    if (type === T.FRAME) {
-      const at = take(29);
-      msg = { type, seq, status: u8[at], base: dv.getUint32(at + 1, true), us: dv.getUint32(at + 5, true),
-        bounds: [0, 1, 2, 3].map((i) => dv.getInt32(at + 9 + 4 * i, true)) };
-      const len = dv.getUint32(at + 25, true);
-      msg.jpeg = u8.subarray(take(len), o);
-    } else if (type === T.CAPABILITIES || type === T.STATS) {
-      const len = dv.getUint32(take(4), true);
-      msg = { type, seq, body: JSON.parse(utf8d.decode(u8.subarray(take(len), o))) };
-    } else if (type === T.ERROR) {
-      const at = take(4);
-      const code = dv.getUint16(at, true), len = dv.getUint16(at + 2, true);
-      msg = { type, seq, code, text: utf8d.decode(u8.subarray(take(len), o)) };
-    } else {
-      throw new Error(`unexpected message type ${type} from the server`);
-    }
-    if (o !== end) throw new Error(`message type ${type} has ${end - o} stray bytes before its CRC`);
-    return msg;
-  }
 
   // ------------------------------------------------------------ page elements and state
   const $ = (id) => document.getElementById(id);
@@ -675,7 +593,7 @@
     const seq = chunkSeq++;
     slots[seq % SLOTS] = 1;                               // captured
     if (!net.ready || !net.ws || net.ws.readyState !== WebSocket.OPEN) return;   // offline: stays green
-    net.ws.send(encodeAudio(seq, pcm));
+    net.ws.send(encodeAudio(seq, pcm, RATE));
     sentAt.set(seq, performance.now());
     slots[seq % SLOTS] = 2;                               // sent
   }

@@ -496,3 +496,35 @@ def test_range_request_from_the_page_gets_only_its_bytes(page, cli_server, built
     assert bytes(got[0]["bytes"]) == data[100:200]
     assert got[1]["status"] == 206 and got[1]["length"] == min(len(data), 4 << 20)
     assert page.errors == []
+
+
+def test_page_codec_speaks_the_spec_golden_bytes(page, cli_server):
+    """runtime/web/protocol.js encodes and decodes the golden bytes of docs/protocol.md, and
+    decodes what runtime/protocol.py encodes (ERROR, CAPABILITIES); bad bytes raise."""
+    from runtime.protocol import Capabilities, Error, ErrorCode, encode
+    from tests.runtime.test_protocol import GOLDEN_CHUNK, GOLDEN_FRAME
+
+    page.goto(cli_server.url)
+    page.wait_for_function("window.LipsyncProtocol !== undefined", timeout=15_000)
+    others = [encode(Error(seq=3, code=ErrorCode.BAD_AUDIO, text="wrong length é")).hex(),
+              encode(Capabilities(seq=4, packages=("anchor", "face1"))).hex()]
+    got = page.evaluate("""([frameHex, others]) => {
+      const P = window.LipsyncProtocol;
+      const hex = (buf) => Array.from(new Uint8Array(buf), (b) => b.toString(16).padStart(2, '0')).join('');
+      const bytes = (h) => new Uint8Array(h.match(/../g).map((x) => parseInt(x, 16))).buffer;
+      const chunk = hex(P.encodeAudio(7, Int16Array.from([0, 1, -1, 32767]), 16000, 'anchor'));
+      const frame = P.decode(bytes(frameHex));
+      const decoded = others.map((h) => { const m = P.decode(bytes(h)); delete m.jpeg; return m; });
+      const broken = bytes(frameHex); new Uint8Array(broken)[20] ^= 1;
+      let crcError = null;
+      try { P.decode(broken); } catch (err) { crcError = err.message; }
+      return { chunk, frame: { type: frame.type, seq: frame.seq, status: frame.status, base: frame.base, us: frame.us,
+                               bounds: frame.bounds, jpeg: hex(frame.jpeg) }, decoded, crcError };
+    }""", [GOLDEN_FRAME, others])
+    assert got["chunk"] == GOLDEN_CHUNK
+    assert got["frame"] == {"type": 5, "seq": 7, "status": 0, "base": 123, "us": 8500, "bounds": [100, 80, 228, 208],
+                            "jpeg": "ffd8ffd9"}
+    assert got["decoded"][0] == {"type": 9, "seq": 3, "code": 7, "text": "wrong length é"}
+    assert got["decoded"][1]["body"]["packages"] == ["anchor", "face1"]
+    assert "CRC32" in got["crcError"]
+    assert page.errors == []
