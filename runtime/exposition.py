@@ -43,14 +43,9 @@ class ServerCollector:
         self.server = server
 
     def collect(self):
-        m = self.server.metrics
+        c = self.server.metrics.counters()
         pool = self.server.pool
-        with m._lock:
-            packages = {name: (dict(p.tiers), p.idle, list(p.buckets), p.seconds) for name, p in m.packages.items()}
-            transports = {t: tuple(v) for t, v in m.transports.items()}
-            errors = dict(m.errors)
-            counters = (m.dropped, m.closed_idle, m.closed_unread, m.refused_origin, m.refused_host)
-        dropped, closed_idle, closed_unread, refused_origin, refused_host = counters
+        packages, transports, errors = c["packages"], c["transports"], c["errors"]
 
         frames = CounterMetricFamily("lipsync_frames", "Frames served, by package and the tier that rendered them",
                                      labels=["package", "tier"])
@@ -73,7 +68,7 @@ class ServerCollector:
         yield from (frames, idle, overload, seconds)
 
         yield CounterMetricFamily("lipsync_frames_dropped", "Frames dropped for clients reading too slowly",
-                                  value=dropped)
+                                  value=c["dropped"])
         err = CounterMetricFamily("lipsync_errors", "Errors answered, by protocol error code", labels=["code"])
         for code, n in sorted(errors.items()):
             err.add_metric([code], n)
@@ -87,12 +82,12 @@ class ServerCollector:
             opened.add_metric([t], n)
         yield from (active, opened)
         yield CounterMetricFamily("lipsync_sessions_closed_idle", "Sessions closed after the idle timeout",
-                                  value=closed_idle)
+                                  value=c["closed_idle"])
         yield CounterMetricFamily("lipsync_sessions_closed_unread", "Sessions closed for leaving replies unread",
-                                  value=closed_unread)
+                                  value=c["closed_unread"])
         refused = CounterMetricFamily("lipsync_requests_refused", "HTTP requests refused", labels=["reason"])
-        refused.add_metric(["origin"], refused_origin)
-        refused.add_metric(["host"], refused_host)
+        refused.add_metric(["origin"], c["refused_origin"])
+        refused.add_metric(["host"], c["refused_host"])
         yield refused
 
         yield CounterMetricFamily("lipsync_render_process_restarts", "Render processes replaced after dying",

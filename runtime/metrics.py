@@ -77,6 +77,17 @@ class Metrics:
         with self._lock:
             self.errors[code_name] = self.errors.get(code_name, 0) + 1
 
+    def counters(self) -> dict:
+        """A consistent copy of the raw counters, for /metrics: per package (tiers, idle, histogram
+        buckets, seconds), sessions by transport, errors, and the server-wide counts."""
+        with self._lock:
+            return {"packages": {name: (dict(p.tiers), p.idle, list(p.buckets), p.seconds)
+                                 for name, p in self.packages.items()},
+                    "transports": {t: tuple(v) for t, v in self.transports.items()},
+                    "errors": dict(self.errors),
+                    "dropped": self.dropped, "closed_idle": self.closed_idle, "closed_unread": self.closed_unread,
+                    "refused_origin": self.refused_origin, "refused_host": self.refused_host}
+
     def snapshot(self) -> dict:
         """JSON-ready counters: sessions, frames, drops, errors, latency percentiles per package (ms)."""
         with self._lock:

@@ -53,7 +53,7 @@ from .package import read_manifest
 from .protocol import ErrorCode, ProtocolError, decode, decode_json, encode_as
 from .render import check_servable
 from .session import Session
-from .sessionloop import Closed, OutQueue, run_session
+from .sessionloop import Closed, OutQueue, run_connection
 from .store import PackageStore
 from .workers import WorkerPool
 
@@ -334,35 +334,7 @@ class LipsyncServer:
         task = asyncio.current_task()
         queue = OutQueue(self.config.queue_frames, self.metrics, self.config.queue_replies)
         self._sessions[task] = queue
-        self.metrics.session("websocket", True)
         session = Session(self.store, self.metrics)
-        sender = asyncio.create_task(self._send_loop(ws, queue))
-        peer = ws.remote_address
-        log.info("session open from %s", peer)
-        receiver = asyncio.create_task(self._receive_loop(ws, queue, session))
-        overflow = asyncio.create_task(queue.overflow.wait())
-        try:
-            await asyncio.wait({receiver, overflow}, return_when=asyncio.FIRST_COMPLETED)
-            if overflow.done():
-                receiver.cancel()
-                self.metrics.count("closed_unread")
-                log.warning("session from %s closed: %d replies left unread", peer, self.config.queue_replies)
-                await _close(ws, CLOSE_UNREAD, f"{self.config.queue_replies} replies unread; read what the server sends")
-            elif receiver.result() == "idle":
-                self.metrics.count("closed_idle")
-                log.info("session from %s closed: idle for %g s", peer, self.config.idle_timeout_s)
-                await _close(ws, CLOSE_IDLE, f"no message for {self.config.idle_timeout_s:g} s")
-        except ConnectionClosed:
-            pass
-        finally:
-            for task in (receiver, overflow, sender):
-                task.cancel()
-            self.metrics.session("websocket", False)
-            self._sessions.pop(task, None)
-            log.info("session closed from %s: %d frames out, %d dropped", peer, queue.frames_out, queue.dropped)
-
-    async def _receive_loop(self, ws: ServerConnection, queue: OutQueue, session: Session) -> str:
-        """Answer the session's messages until it closes ("closed") or goes idle ("idle")."""
         max_size = self.config.max_message_bytes
 
         async def receive():
@@ -372,19 +344,23 @@ class LipsyncServer:
                 raise Closed from None
             return _decode(data, max_size)
 
-        return await run_session(session, receive, queue, lambda reply: encode_as(reply, session.encoding),
-                                 self.pool, self.config, "websocket", str(ws.remote_address))
-
-    async def _send_loop(self, ws: ServerConnection, queue: OutQueue) -> None:
-        while True:
-            await queue.ready.wait()
-            data = queue.pop()
-            if data is None:
-                continue
+        async def write(data):
             try:
                 await ws.send(data)
             except ConnectionClosed:
-                return
+                raise Closed from None
+
+        try:
+            end = await run_connection(session, "websocket", str(ws.remote_address), queue, receive, write,
+                                       lambda reply: encode_as(reply, session.encoding), self.pool, self.config)
+            if end == "unread":
+                await _close(ws, CLOSE_UNREAD, f"{self.config.queue_replies} replies unread; read what the server sends")
+            elif end == "idle":
+                await _close(ws, CLOSE_IDLE, f"no message for {self.config.idle_timeout_s:g} s")
+        except ConnectionClosed:
+            pass
+        finally:
+            self._sessions.pop(task, None)
 
 
 def check_packages(store: PackageStore, refused: dict | None = None) -> list[str]:

@@ -33,7 +33,7 @@ from .errors import LipsyncError
 from .metrics import Metrics
 from .protocol import (CHUNK_MS, WINDOW_MS, AudioChunk, Capabilities, Error, ErrorCode, Frame, Hello,
                        Message, ProtocolError, Stats, StatsRequest, SwitchPackage, WindowRequest,
-                       pcm_to_float32)
+                       error_reply, pcm_to_float32)
 from .render import REST_KEY, Rendered, Renderers, RenderJob, base_frame
 from .store import PackageStore
 from .features import SAMPLE_RATE
@@ -165,6 +165,11 @@ class Session:
         if name != self.package:
             self.store.folder(name)
             self.package, self.state = name, {}
+
+    def refuse(self, exc: ProtocolError) -> Error:
+        """The ERROR answering a message that could not be decoded or built; counted in the metrics."""
+        self.metrics.error(exc.code.name)
+        return error_reply(exc)
 
     def _error(self, code: ErrorCode, text: str, seq: int) -> Error:
         self.metrics.error(code.name)

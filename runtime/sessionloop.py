@@ -26,7 +26,7 @@ from typing import Any, Awaitable, Callable
 
 from .metrics import Metrics
 from .options import ServeOptions
-from .protocol import Frame, Message, ProtocolError, error_reply
+from .protocol import Frame, Message, ProtocolError
 from .session import Session
 from .workers import RenderFailed, WorkerDied, WorkerPool
 
@@ -90,31 +90,90 @@ async def run_session(session: Session, receive: Callable[[], Awaitable[Message]
     """Answer ``session``'s messages until the transport closes ("closed") or it goes idle ("idle")."""
     while True:
         timeout = options.flush_ms / 1000 if session.pending else options.idle_timeout_s
+        end = None
         try:
             msg = await asyncio.wait_for(receive(), timeout)
         except Closed:
             # The audio ended (a gRPC client half-closes after its last chunk): answer the chunks
             # still waiting for look-ahead as if silence followed. A websocket that is gone just
             # never sends them.
-            work = session.prepare_flush()
-            if work is not None:
-                for reply in session.finish(work, await render(pool, work.job, transport, peer)):
-                    queue.put(isinstance(reply, Frame), encode(reply))
-            return "closed"
+            end, replies, work = "closed", [], session.prepare_flush()
         except TimeoutError:
             if not session.pending:
                 return "idle"
             replies, work = [], session.prepare_flush()
         except ProtocolError as exc:
-            session.metrics.error(exc.code.name)
-            queue.put(False, encode(error_reply(exc)))
-            continue
+            replies, work = [session.refuse(exc)], None
         else:
             replies, work = session.prepare(msg, time.perf_counter())
         if work is not None:
             replies += session.finish(work, await render(pool, work.job, transport, peer))
         for reply in replies:
             queue.put(isinstance(reply, Frame), encode(reply))
+        if end is not None:
+            return end
+
+
+async def run_connection(session: Session, transport: str, peer: str, queue: OutQueue,
+                         receive: Callable[[], Awaitable[Message]], write: Callable[[Any], Awaitable[None]],
+                         encode: Callable[[Message], Any], pool: WorkerPool, options: ServeOptions) -> str:
+    """One session from open to end, for any transport; returns how it ended.
+
+    ``receive`` gives the next message (:class:`Closed` when the peer is gone), ``write``
+    sends one encoded reply (:class:`Closed` when it cannot). Counts the session in the
+    metrics while it runs. Returns "closed" (the peer closed, or its stream of requests
+    ended: the replies left are sent first), "idle" (nothing for ``idle_timeout_s``) or
+    "unread" (``queue_replies`` control replies left unread); the transport then closes
+    in its own way (close code, gRPC status).
+    """
+    metrics = session.metrics
+    receiving = asyncio.Event()
+    receiving.set()
+
+    async def send():                                         # the only writer of this session
+        while True:
+            item = queue.pop()
+            if item is None:
+                if not receiving.is_set():
+                    return
+                await queue.ready.wait()
+                continue
+            try:
+                await write(item)
+            except Closed:                                    # the peer is gone: nothing more goes out
+                return
+
+    metrics.session(transport, True)
+    log.info("%s session open from %s", transport, peer)
+    receiver = asyncio.create_task(run_session(session, receive, queue, encode, pool, options, transport, peer))
+    sender = asyncio.create_task(send())
+    overflow = asyncio.create_task(queue.overflow.wait())
+    end = "closed"
+    try:
+        await asyncio.wait({receiver, sender, overflow}, return_when=asyncio.FIRST_COMPLETED)
+        if overflow.done():
+            end = "unread"
+            metrics.count("closed_unread")
+            log.warning("%s session from %s closed: %d replies left unread", transport, peer, options.queue_replies)
+        elif receiver.done():
+            end = receiver.result()
+            receiving.clear()                                 # the sender sends what is left, then ends
+            queue.ready.set()
+            await asyncio.wait({sender}, timeout=options.drain_s + 5)   # a peer that does not read: give up
+            if end == "idle":
+                metrics.count("closed_idle")
+                log.info("%s session from %s closed: idle for %g s", transport, peer, options.idle_timeout_s)
+        else:
+            sender.result()                                   # the writes stopped: the peer is gone, or why not
+        return end
+    finally:
+        for task in (receiver, sender, overflow):
+            task.cancel()
+        if sender.done() and not sender.cancelled():
+            sender.exception()                                # seen: a failed write while draining ends nothing
+        metrics.session(transport, False)
+        log.info("%s session closed from %s: %d frames out, %d dropped", transport, peer, queue.frames_out,
+                 queue.dropped)
 
 
 async def render(pool: WorkerPool, job, transport: str, peer: str = ""):

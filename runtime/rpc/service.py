@@ -26,7 +26,7 @@ from ..protocol import (AudioChunk, Error, ErrorCode, Frame, ProtocolError, Samp
                         SwitchPackage, WindowRequest)
 from ..render import check_servable
 from ..session import Session
-from ..sessionloop import Closed, OutQueue, render, run_session
+from ..sessionloop import Closed, OutQueue, render, run_connection
 from . import lipsync_pb2 as pb
 from . import lipsync_pb2_grpc as pb_grpc
 
@@ -136,7 +136,6 @@ class LipsyncService(pb_grpc.LipsyncServicer):
         self.store = server.store
         self.metrics = server.metrics
         self.options = server.config
-        self.streams: set[asyncio.Task] = set()
         # Window mode keeps no state in a session: one serves every Generate call.
         self.windows = Session(self.store, self.metrics)
 
@@ -153,7 +152,6 @@ class LipsyncService(pb_grpc.LipsyncServicer):
         # Initial metadata at once: a client may wait for it before writing, so that a refused call
         # (token, capacity) is seen as its status rather than as a failed write.
         await context.send_initial_metadata(())
-        peer = context.peer()
         queue = OutQueue(self.options.queue_frames, self.metrics, self.options.queue_replies)
         session = Session(self.store, self.metrics)
         requests = request_iterator.__aiter__()
@@ -165,53 +163,13 @@ class LipsyncService(pb_grpc.LipsyncServicer):
                 raise Closed from None
             return to_message(req)
 
-        receiving = [True]
-
-        async def send():                                      # the only writer of this call
-            while True:
-                item = queue.pop()
-                if item is None:
-                    if not receiving[0]:
-                        return
-                    await queue.ready.wait()
-                    continue
-                await context.write(item)
-
-        self.metrics.session("grpc", True)
-        task = asyncio.current_task()
-        self.streams.add(task)
-        log.info("gRPC stream open from %s", peer)
-        receiver = asyncio.create_task(run_session(session, receive, queue, to_reply, self.server.pool,
-                                                   self.options, "grpc", peer))
-        sender = asyncio.create_task(send())
-        overflow = asyncio.create_task(queue.overflow.wait())
-        try:
-            await asyncio.wait({receiver, sender, overflow}, return_when=asyncio.FIRST_COMPLETED)
-            if overflow.done():
-                self.metrics.count("closed_unread")
-                await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED,
-                                    f"{self.options.queue_replies} replies unread; read what the server sends")
-            if receiver.done():
-                result = receiver.result()
-                receiving[0] = False                             # the sender sends what is left, then ends
-                queue.ready.set()
-                try:
-                    await asyncio.wait_for(asyncio.shield(sender), self.options.drain_s + 5)
-                except TimeoutError:
-                    pass                                         # a client that does not read: give up
-                if result == "idle":
-                    self.metrics.count("closed_idle")
-                    await context.abort(grpc.StatusCode.DEADLINE_EXCEEDED,
-                                        f"no message for {self.options.idle_timeout_s:g} s")
-            elif sender.done():
-                sender.result()                                  # re-raise what stopped the writes
-        finally:
-            for t in (receiver, sender, overflow):
-                t.cancel()
-            self.metrics.session("grpc", False)
-            self.streams.discard(task)
-            log.info("gRPC stream closed from %s: %d frames out, %d dropped", peer, queue.frames_out,
-                     queue.dropped)
+        end = await run_connection(session, "grpc", context.peer(), queue, receive, context.write, to_reply,
+                                   self.server.pool, self.options)
+        if end == "unread":
+            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED,
+                                f"{self.options.queue_replies} replies unread; read what the server sends")
+        elif end == "idle":
+            await context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, f"no message for {self.options.idle_timeout_s:g} s")
 
     # ------------------------------------------------------------ windows
     async def _window(self, w: pb.WindowRequest, received: float) -> Frame | Error:
@@ -219,7 +177,7 @@ class LipsyncService(pb_grpc.LipsyncServicer):
         try:
             msg = to_window(w)
         except ProtocolError as exc:
-            return self.windows._error(exc.code, str(exc), w.seq)
+            return self.windows.refuse(exc)
         replies, work = self.windows.prepare(msg, received)
         if work is None:
             return replies[0]

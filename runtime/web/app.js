@@ -253,8 +253,7 @@
       const lead = k * CHUNK_MS - 1000 * (heardTime(now) - play.tA);     // ms until it is due
       push(play.leads, lead, 500);
       if (lead < -CHUNK_MS) {                             // its 40 ms were heard already: never shown late
-        api.late++;
-        outcome(true);
+        drop(f, true);
         return;
       }
     }
@@ -300,12 +299,16 @@
   // Microphone (nothing is played back) and no audio: paint the newest frame that is ready,
   // in order; a frame that is not ready after 200 ms is passed over.
   function paintReady(now) {
-    let pick = null;
+    let pick = null, pickBase = null;
     for (const f of waiting.values()) {
       if (pick === null && base) base.want(f.base);
       const b = f.img && base && base.frame(f.base);
-      if (f.img && (b || now - f.arrived > 500)) pick = f;         // no base for 0.5 s: paint the crop anyway
-      else if (now - f.arrived < 200) break;
+      if (f.img && (b || now - f.arrived > 500)) {                  // no base for 0.5 s: paint the crop anyway
+        pick = f;
+        pickBase = b || null;
+      } else if (now - f.arrived < 200) {
+        break;
+      }
     }
     if (!pick) return;
     for (const f of waiting.values()) {
@@ -313,7 +316,7 @@
       drop(f, false);
       api.skipped++;
     }
-    paint(pick, base && base.frame(pick.base), now);
+    paint(pick, pickBase, now);
     waiting.delete(pick.seq);
   }
 
