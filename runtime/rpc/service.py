@@ -49,12 +49,9 @@ STATUS = {
 
 # ---------------------------------------------------------------------------- conversions
 
-def _format(value: int, seq: int) -> SampleFormat:
-    try:
-        return SampleFormat(value or SampleFormat.INT16)
-    except ValueError:
-        raise ProtocolError(ErrorCode.MALFORMED, f"sample_format {value} is unknown; expected "
-                            "SAMPLE_FORMAT_INT16 or SAMPLE_FORMAT_FLOAT32", seq) from None
+def _format(value: int) -> int:
+    """proto3's unset enum (0) means INT16; any other value is checked by runtime.protocol."""
+    return value or SampleFormat.INT16
 
 
 def to_message(req: pb.StreamRequest):
@@ -62,7 +59,7 @@ def to_message(req: pb.StreamRequest):
     kind = req.WhichOneof("message")
     if kind == "audio":
         a = req.audio
-        return AudioChunk(seq=a.seq, sample_rate=a.sample_rate, sample_format=_format(a.sample_format, a.seq),
+        return AudioChunk(seq=a.seq, sample_rate=a.sample_rate, sample_format=_format(a.sample_format),
                           package=a.package, pcm=a.pcm)
     if kind == "switch_package":
         return SwitchPackage(seq=req.switch_package.seq, package=req.switch_package.package)
@@ -73,7 +70,7 @@ def to_message(req: pb.StreamRequest):
 
 def to_window(w: pb.WindowRequest) -> WindowRequest:
     return WindowRequest(seq=w.seq, frame_id=w.frame_id, sample_rate=w.sample_rate,
-                         sample_format=_format(w.sample_format, w.seq), package=w.package, pcm=w.pcm)
+                         sample_format=_format(w.sample_format), package=w.package, pcm=w.pcm)
 
 
 def to_frame(f: Frame) -> pb.Frame:
