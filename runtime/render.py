@@ -29,7 +29,11 @@ from .package import Package
 from .protocol import CHUNK_MS, FrameStatus
 
 REST_KEY = "rest"                # render state: weight of the resting mouth, 0 (speaking) to 1 (at rest)
+QUIET_KEY = "quiet"              # render state: quiet frames in a row
 REST_STEP = 0.4                  # per 40 ms frame: 0 -> 1 in three frames (about 100 ms)
+HOLD_FRAMES = 8                  # quiet frames (320 ms) before the mouth starts to rest: a speaker's lips stay
+                                 # where speech left them between words and phrases (on cnn_71s the mouth is
+                                 # as open in pauses as in speech); only a longer silence closes them
 
 
 @dataclass
@@ -57,7 +61,7 @@ class RenderJob:
     package: str
     bases: list[int]
     mels: list[np.ndarray]
-    silent: list[bool]
+    quiet: list[bool]            # per frame: no speech in its 40 ms nor in the look-ahead (FrameAudio.quiet)
     state: dict = field(default_factory=dict)
     degrade: bool = False        # the server is behind: the chain's cheapest tier only
 
@@ -110,24 +114,31 @@ class Renderer:
             if g.name not in state:
                 state[g.name] = g.new_state()
         state.setdefault(REST_KEY, 1.0)
+        state.setdefault(QUIET_KEY, HOLD_FRAMES if state[REST_KEY] >= 1.0 else 0)
         return state
 
     def render(self, bases: list[int], mels: list[np.ndarray], states: list[dict],
-               silent: list[bool], degrade: bool = False) -> list[Rendered]:
+               quiet: list[bool], degrade: bool = False) -> list[Rendered]:
         """Render a batch of frames, in order per session (frames of one session share a state dict).
 
-        Each session's resting-mouth weight moves REST_STEP per frame towards 1 on
-        silent frames and towards 0 on the others (about 100 ms each way). At 1 the
-        frame is IDLE: the base frame with the resting mouth, without a generator
-        call; in between, the generator renders with that weight (:class:`Request`).
+        Each session's resting-mouth weight moves REST_STEP per frame towards 0 on
+        frames that are not quiet, and towards 1 once more than HOLD_FRAMES quiet
+        frames have come in a row (about 100 ms each way). A short pause between words
+        keeps the generator running on the audio, as a speaker keeps their lips; a
+        frame is not quiet when speech starts in its look-ahead, so the mouth starts
+        to open before the sound. At 1 the frame is IDLE: the base frame with the
+        resting mouth, without a generator call; in between, the generator renders
+        with that weight (:class:`Request`).
 
         ``degrade``: the server is behind; use the chain's cheapest tier (tier name gets ":overload").
         """
         out: list[Rendered | None] = [None] * len(bases)
         rest = []
-        for s, state in zip(silent, states):          # in order: one session's frames follow each other
+        for q, state in zip(quiet, states):           # in order: one session's frames follow each other
             w = self._ready(state)[REST_KEY]
-            w = min(1.0, w + REST_STEP) if s else max(0.0, w - REST_STEP)
+            n = min(state[QUIET_KEY] + 1, HOLD_FRAMES + 1) if q else 0
+            w = min(1.0, w + REST_STEP) if n > HOLD_FRAMES else max(0.0, w - REST_STEP)
+            state[QUIET_KEY] = n
             state[REST_KEY] = w
             rest.append(w)
         pending: list[int] = []                       # speaking frames not rendered yet, in order
@@ -209,7 +220,7 @@ class Renderers:
                 flat = self.get(name).render([b for i in idx for b in jobs[i].bases],
                                              [m for i in idx for m in jobs[i].mels],
                                              [jobs[i].state for i in idx for _ in jobs[i].bases],
-                                             [s for i in idx for s in jobs[i].silent], degrade)
+                                             [q for i in idx for q in jobs[i].quiet], degrade)
             except Exception as exc:          # a damaged package or a bug: those jobs fail, not the process
                 for i in idx:
                     out[i] = exc

@@ -151,15 +151,26 @@ class FrameAudio:
     mel : np.ndarray [shape=(CONTEXT_ROWS, 80), dtype=float32]
     rms : float
         RMS of the frame's own 40 ms of 16 kHz audio (full scale 1.0).
+    ahead_rms : float
+        The loudest RMS among the next LOOKAHEAD_CHUNKS frames' own 40 ms (audio
+        that never came counts as silence).
     """
 
     index: int
     mel: np.ndarray
     rms: float
+    ahead_rms: float = 0.0
 
     @property
     def silent(self) -> bool:
+        """The frame's own 40 ms is below IDLE_RMS."""
         return self.rms < IDLE_RMS
+
+    @property
+    def quiet(self) -> bool:
+        """Silent, and so is the look-ahead: no speech starts within 80 ms. The renderer's
+        rest target; speech in the look-ahead starts opening the mouth before the sound."""
+        return self.rms < IDLE_RMS and self.ahead_rms < IDLE_RMS
 
 
 class AudioStream:
@@ -254,7 +265,10 @@ class AudioStream:
         while self._ready(self.next_frame):
             k = self.next_frame
             lo = k * self.spf - self._raw_start
-            out.append(FrameAudio(index=k, mel=self._rows_of(k), rms=rms(self._raw[lo:lo + self.spf])))
+            ahead = [rms(self._raw[a:a + self.spf]) for a in range(lo + self.spf, lo + (LOOKAHEAD_CHUNKS + 1) * self.spf,
+                                                                     self.spf)]
+            out.append(FrameAudio(index=k, mel=self._rows_of(k), rms=rms(self._raw[lo:lo + self.spf]),
+                                  ahead_rms=max(ahead)))
             self.next_frame += 1
         drop = self.next_frame * self.spf - self._raw_start
         if drop > 0:

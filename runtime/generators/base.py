@@ -36,7 +36,7 @@ class Request:
         This session's state for this generator, from :meth:`Generator.new_state`.
     rest : float
         Weight of the resting mouth, 0 (speak) to 1 (rest): the renderer eases it
-        in and out around silence (:mod:`runtime.store`), and a generator moves
+        in and out around pauses (:mod:`runtime.render`), and a generator moves
         its mouth that far towards the package's resting mouth.
     """
 

@@ -9,7 +9,7 @@ import numpy as np
 
 from runtime.protocol import AudioChunk, Capabilities, Error, ErrorCode, Frame, FrameStatus, Hello, float32_to_pcm
 from runtime.metrics import Metrics
-from runtime.render import Renderers, pingpong
+from runtime.render import HOLD_FRAMES, Renderers, pingpong
 from runtime.session import OVERLOAD_S, Session
 from runtime.store import PackageStore
 
@@ -91,15 +91,45 @@ def test_a_batch_renders_as_frames_one_by_one(packages_dir, speech):
 
     renderer = Renderers(PackageStore(packages_dir)).get("anchor")
     x = speech[16_000 * 5:]
-    mels = [window_from_pcm(x[k * 640:k * 640 + 10_240]) for k in range(9)]
-    silent = [False, False, True, True, True, True, False, False, False]
-    bases = list(range(9))
+    quiet = [False] * 2 + [True] * (HOLD_FRAMES + 4) + [False] * 3
+    n = len(quiet)
+    mels = [window_from_pcm(x[k * 640:k * 640 + 10_240]) for k in range(n)]
+    bases = list(range(n))
     one_state, batch_state = {"rest": 0.0}, {"rest": 0.0}
-    one = [renderer.render([b], [m], [one_state], [s])[0] for b, m, s in zip(bases, mels, silent)]
-    batch = renderer.render(bases, mels, [batch_state] * 9, silent)
-    assert [r.status for r in batch] == [r.status for r in one] and one[5].status == FrameStatus.IDLE
+    one = [renderer.render([b], [m], [one_state], [q])[0] for b, m, q in zip(bases, mels, quiet)]
+    batch = renderer.render(bases, mels, [batch_state] * n, quiet)
+    assert [r.status for r in batch] == [r.status for r in one] and one[n - 4].status == FrameStatus.IDLE
     assert [r.jpeg for r in batch] == [r.jpeg for r in one]
     assert batch_state["retrieval"].prev == one_state["retrieval"].prev >= 0    # the speech after the pause counts
+
+
+def test_the_mouth_holds_through_short_pauses_and_rests_in_long_ones(packages_dir, speech):
+    """Quiet frames keep the generator running for HOLD_FRAMES (lips stay where speech left them between
+    words); after that the mouth eases to rest in three frames, and out of it in three."""
+    renderer = Renderers(PackageStore(packages_dir)).get("anchor")
+    from runtime.stream import window_from_pcm
+
+    mel = window_from_pcm(speech[16_000 * 5:16_000 * 5 + 10_240])
+    quiet = [False] * 3 + [True] * HOLD_FRAMES + [False] * 2 + [True] * (HOLD_FRAMES + 5) + [False] * 4
+    state = renderer.new_state(rest=0.0)
+    frames = [renderer.render([k], [mel], [state], [q])[0] for k, q in enumerate(quiet)]
+    rest = [f.status == FrameStatus.IDLE for f in frames]
+    short = slice(3, 3 + HOLD_FRAMES + 2)                 # a pause of HOLD_FRAMES: never rests
+    assert not any(rest[short]) and all(f.tier == "retrieval" for f in frames[short])
+    start = 3 + HOLD_FRAMES + 2                           # the long pause: HOLD_FRAMES held, 2 easing, then rest
+    assert rest[start:start + HOLD_FRAMES + 5] == [False] * (HOLD_FRAMES + 2) + [True] * 3
+    assert not any(rest[-4:])                             # speech again: out of rest at once
+    assert state["quiet"] == 0 and state["rest"] == 0.0
+
+
+def test_speech_in_the_lookahead_starts_opening_the_mouth(packages_dir, speech):
+    """A silent frame whose 80 ms look-ahead holds speech is not quiet: the mouth leaves rest before the sound."""
+    s = Session(PackageStore(packages_dir), Metrics())
+    x = np.concatenate([np.zeros(640 * 12, np.float32), speech[16_000 * 5:16_000 * 5 + 640 * 6]])
+    out = [f for i in range(18) for f in s.handle(chunk(i, x[i * 640:(i + 1) * 640]))]
+    status = [f.status for f in out]
+    assert status[:10] == [FrameStatus.IDLE] * 10        # silence, and nothing ahead yet
+    assert status[10] == FrameStatus.OK                   # silent itself, speech starts 80 ms later
 
 
 def test_a_single_package_folder_may_have_any_name(built, tmp_path, speech):

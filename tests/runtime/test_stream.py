@@ -88,6 +88,17 @@ def test_idle_threshold(speech):
     assert np.mean([f.rms > IDLE_RMS for f in loud]) > 0.5
 
 
+def test_a_frame_knows_whether_speech_starts_in_its_lookahead(speech):
+    """FrameAudio.ahead_rms is the loudest of the next two frames' own audio: the two frames before speech
+    starts are silent but not quiet; audio that never came (after a flush) counts as silence."""
+    x = np.concatenate([np.zeros(640 * 6, np.float32), speech[16_000 * 5:16_000 * 5 + 640 * 4]])
+    frames = stream_all(x, 640)
+    assert len(frames) == 10 and frames[6].rms > IDLE_RMS
+    assert [f.quiet for f in frames[:6]] == [True] * 4 + [False] * 2
+    assert all(f.silent for f in frames[:6])
+    assert frames[5].ahead_rms == max(frames[6].rms, frames[7].rms)
+
+
 def test_window_request_features_match_streaming_on_the_grid(speech):
     mel = F.log_mel(speech[: 16_000 * 8])
     for k in (50, 100, 155):                # k * 3.2 is whole: the two grids coincide

@@ -13,6 +13,7 @@ import pytest
 
 from runtime import mouth
 from runtime.package import Package
+from runtime.render import HOLD_FRAMES
 from runtime.protocol import SampleFormat
 from runtime.schema import iter_errors, load_schema
 from tests.conftest import AUDIO, ROOT, VIDEOS, ffmpeg, link_package
@@ -255,7 +256,7 @@ def closed_after_speech(package_root, generator: str) -> tuple[float, np.ndarray
     pkg = Package.open(package_root)
     run = harness.run_inprocess(pkg, audio, generator)
     meter = quality.MouthMeter(create_backend("dlib"), pkg)
-    quiet = np.arange(50 + 3, len(run.crops))             # after 2 s of speech and 3 frames of easing
+    quiet = np.arange(50 + HOLD_FRAMES + 3, len(run.crops))    # after 2 s of speech, the hold and 3 frames of easing
     opening = quality.mouth_opening(np.stack([meter.measure(run.crops[k], int(run.bases[k])) for k in quiet]))
     assert (opening[:5] < 1).all()
     return float(np.mean(opening > quality.OPEN_THRESHOLD)), run.status[quiet]
