@@ -139,6 +139,39 @@ def test_resume_continues_and_publishes(short, tmp_path):
     assert not [p.name for p in short.iterdir() if p.name.startswith(".") and p.name != CHECKPOINT_DIR]
 
 
+def test_the_landmark_readers_sees_mouths_it_was_not_fitted_on(built):
+    """The landmark loss's reader, fitted on a package's first 80 % of training frames, reads the opening of
+    the last 20 % (real frames it never saw) and beats a reader that always answers the mean."""
+    from runtime import mouth
+    from toolkit.train.reader import fit_reader
+
+    pkg = Package.open(built("German_20s").path)
+    reader = fit_reader(PackageDataset(pkg, SIZES["tiny"], augment=True), mouth.for_package(pkg), SIZES["tiny"],
+                        steps=150)
+    info = reader.info
+    assert info["validation_frames"] > 50 and info["val_opening_r"] > 0.7, info
+    assert info["val_landmark_error"] < 0.5 * info["val_landmark_error_of_mean"], info
+    assert not any(p.requires_grad for p in reader.net.parameters())          # frozen
+
+
+def test_landmark_loss_trains_resumes_and_is_recorded(short, tmp_path):
+    """With a landmark loss, a resumed run equals an uninterrupted one (the reader travels in the checkpoint),
+    its figures reach extra.neural, and resuming without the loss says how to fix it."""
+    cfg = {**TINY.__dict__, "landmark_weight": 0.01}
+    straight = tmp_path / "straight"
+    shutil.copytree(short, straight)
+    whole = train(straight, TrainConfig(**{**cfg, "max_steps": 6}), progress=False)
+    train(short, TrainConfig(**{**cfg, "max_steps": 3}), progress=False)
+    resumed = train(short, TrainConfig(**{**cfg, "max_steps": 6}), resume=True, progress=False)
+    assert resumed.losses == whole.losses
+    plain = train(tmp_path / "straight", TrainConfig(**{**TINY.__dict__, "max_steps": 6}), progress=False)
+    assert plain.losses[0] < whole.losses[0]              # the same first batch: the landmark term adds to it
+    info = json.loads((short / "manifest.json").read_text())["extra"]["neural"]
+    assert info["train"]["landmark_weight"] == 0.01 and info["landmark_reader"]["frames"] > 0
+    with pytest.raises(InputError, match="--landmark-loss"):
+        train(short, TrainConfig(**{**TINY.__dict__, "max_steps": 7}), resume=True, progress=False)
+
+
 def test_resume_without_checkpoint_fails(short):
     with pytest.raises(InputError, match="no checkpoint"):
         train(short, TrainConfig(**{**TINY.__dict__, "max_steps": 1}), resume=True, progress=False)

@@ -95,15 +95,15 @@ class PackageDataset(Dataset):
         m = self.cfg.margin
         (tx, ty), (rx, ry) = rng.integers(0, 2 * m + 1, size=(2, 2)) if self.augment else ((m, m), (m, m))
         return {
-            "reference": self._window(r, rx, ry),
-            "target": self._window(t, tx, ty),
+            "reference": self.window(r, rx, ry),
+            "target": self.window(t, tx, ty),
             "mel": frame_window(self.package.mel, t, self.package.fps),
             "mouth": self._mouth(t, tx, ty),
             "frame": t,
             "reference_frame": r,
         }
 
-    def _window(self, frame: int, x: int, y: int) -> np.ndarray:
+    def window(self, frame: int, x: int, y: int) -> np.ndarray:
         """The inner-sized window of a crop starting at (x, y), copied out of the memory map."""
         n = self.cfg.inner
         return np.array(self.package.crops[frame, y:y + n, x:x + n])

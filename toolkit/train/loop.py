@@ -62,6 +62,7 @@ from toolkit.writer import add_file
 
 from .dataset import PackageDataset, collate, step_batches
 from .mouth import refit as refit_mouth
+from .reader import Reader, fit_reader
 
 CHECKPOINT_DIR = ".train"               # hidden: never part of the package
 CHECKPOINT = "checkpoint.safetensors"
@@ -88,6 +89,7 @@ class TrainConfig:
     num_workers: int = 0            # DataLoader processes; reading crops is cheap next to a step
     threads: int = 0                # torch CPU threads; 0: every core this process may use
     shape: bool = True              # condition on the mouth-shape model's prediction (runtime.mouth)
+    landmark_weight: float = 0.0    # landmark loss (toolkit.train.reader): weight of the lip points' error, px^2
 
 
 @dataclass
@@ -138,11 +140,13 @@ def lipsync_loss(pred: torch.Tensor, target: torch.Tensor, mouth: torch.Tensor, 
 
 
 def save_checkpoint(folder: Path, model: LipSyncUNet, opt: torch.optim.Optimizer, state: dict,
-                    cfg: ModelConfig, config: TrainConfig) -> None:
-    """Model and AdamW tensors to safetensors, everything else to JSON; both written atomically."""
+                    cfg: ModelConfig, config: TrainConfig, reader: Reader | None = None) -> None:
+    """Model, AdamW and landmark-reader tensors to safetensors, everything else to JSON; both written atomically."""
     folder.mkdir(exist_ok=True)
     opt_state = opt.state_dict()
     tensors = {f"model.{k}": v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    if reader is not None:
+        tensors.update({f"reader.{k}": v.detach().cpu().contiguous() for k, v in reader.tensors().items()})
     for pid, slots in opt_state["state"].items():
         tensors.update({f"optim.{pid}.{k}": torch.as_tensor(v).detach().cpu().contiguous()
                         for k, v in slots.items()})
@@ -154,7 +158,8 @@ def save_checkpoint(folder: Path, model: LipSyncUNet, opt: torch.optim.Optimizer
 
 
 def load_checkpoint(folder: Path, model: LipSyncUNet, opt: torch.optim.Optimizer, cfg: ModelConfig) -> dict:
-    """Restore model and optimiser in place; return the ``step``, ``seconds``, ``losses`` state."""
+    """Restore model and optimiser in place; return the ``step``, ``seconds``, ``losses`` state, and
+    under ``reader`` the landmark reader's tensors and info when the run had one (else None)."""
     tensor_path, meta_path = folder / CHECKPOINT, folder / CHECKPOINT_META
     if not meta_path.is_file() or not tensor_path.is_file():
         raise InputError(f"{folder}: no checkpoint to resume from; train without --resume first")
@@ -183,10 +188,13 @@ def load_checkpoint(folder: Path, model: LipSyncUNet, opt: torch.optim.Optimizer
                 slots.setdefault(int(pid), {})[name] = value
         groups = [dict(g, betas=tuple(g["betas"])) for g in meta["param_groups"]]
         opt.load_state_dict({"state": slots, "param_groups": groups})
+        reader = {k[7:]: v for k, v in tensors.items() if k.startswith("reader.")}
+        reader = (reader, dict(meta["reader"])) if reader and meta.get("reader") else None
     except (KeyError, ValueError, TypeError, RuntimeError, SafetensorError) as exc:
         reason = " ".join(str(exc).split())[:300]
         raise PackageError(f"{folder}: unusable checkpoint ({reason}); train without --resume") from None
-    return {"step": int(meta["step"]), "seconds": float(meta["seconds"]), "losses": list(meta["losses"])}
+    return {"step": int(meta["step"]), "seconds": float(meta["seconds"]), "losses": list(meta["losses"]),
+            "reader": reader}
 
 
 def publish(root: Path, model: LipSyncUNet, cfg: ModelConfig, config: TrainConfig, state: dict) -> tuple:
@@ -199,6 +207,7 @@ def publish(root: Path, model: LipSyncUNet, cfg: ModelConfig, config: TrainConfi
         "train": asdict(config), "steps": state["step"], "seconds": round(state["seconds"], 2),
         "final_loss": round(final_loss, 6) if math.isfinite(final_loss) else None,
         "trained": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        **({"landmark_reader": state["reader"]} if state.get("reader") else {}),
     })
     return root / WEIGHTS, digest
 
@@ -247,12 +256,26 @@ def train(package_path: str | Path, config: TrainConfig = TrainConfig(), resume:
     torch.manual_seed(config.seed)
     model = LipSyncUNet(cfg).to(device)
     opt = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
-    state = {"step": 0, "seconds": 0.0, "losses": []}
+    state = {"step": 0, "seconds": 0.0, "losses": [], "reader": None}
     if resume:
         state = load_checkpoint(root / CHECKPOINT_DIR, model, opt, cfg)
         for group in opt.param_groups:          # this run's hyper-parameters win
             group.update(lr=config.lr, weight_decay=config.weight_decay)
     data = PackageDataset(package, cfg, augment=config.augment, seed=config.seed)
+    reader, true_coef = None, None
+    if config.landmark_weight > 0:
+        if state["reader"] is not None:                 # the resumed run's reader, exactly
+            tensors, info = state["reader"]
+            reader = Reader.from_tensors({k: v.to(device) for k, v in tensors.items()}, len(shape_model.bias), info)
+        else:
+            if progress:
+                tqdm.write("fitting the landmark loss's mouth reader ...", file=sys.stderr)
+            reader = fit_reader(data, shape_model, cfg, seed=config.seed, device=device)
+        state["reader"] = reader.info
+        true_coef = torch.from_numpy(shape_model.coefficients(np.asarray(package.landmarks))).to(device)
+    elif state["reader"] is not None:
+        raise InputError(f"{root / CHECKPOINT_DIR}: the checkpoint was trained with a landmark loss; "
+                         "pass --landmark-loss again or drop --resume")
     loader = DataLoader(data, batch_sampler=step_batches(len(data), config.batch, config.seed, state["step"]),
                         num_workers=config.num_workers, collate_fn=collate)
     max_steps = math.inf if config.max_steps is None else config.max_steps
@@ -268,8 +291,10 @@ def train(package_path: str | Path, config: TrainConfig = TrainConfig(), resume:
         shape = None
         if cfg.shape_dim:
             shape = torch.from_numpy(shape_model.predict(batch["mel"].numpy(), restore=False)).to(device)
-        loss = lipsync_loss(model(images, mel, shape), target, batch["mouth"].to(device), config,
-                            cfg.mask_box(cfg.px))
+        pred = model(images, mel, shape)
+        loss = lipsync_loss(pred, target, batch["mouth"].to(device), config, cfg.mask_box(cfg.px))
+        if reader is not None:
+            loss = loss + config.landmark_weight * reader.loss(pred, true_coef[batch["frame"].to(device)], cfg)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -278,7 +303,7 @@ def train(package_path: str | Path, config: TrainConfig = TrainConfig(), resume:
         state["step"] += 1
         state["seconds"] = seconds_before + time.perf_counter() - start
         if state["step"] % config.checkpoint_every == 0:
-            save_checkpoint(root / CHECKPOINT_DIR, model, opt, state, cfg, config)
+            save_checkpoint(root / CHECKPOINT_DIR, model, opt, state, cfg, config, reader)
         smooth = value if smooth is None else 0.95 * smooth + 0.05 * value
         per_step = (time.perf_counter() - start) / (state["step"] - first_step)
         left = min(max_steps - state["step"], max(budget - state["seconds"], 0) / per_step)
@@ -288,7 +313,7 @@ def train(package_path: str | Path, config: TrainConfig = TrainConfig(), resume:
     bar.close()
     ran = state["step"] - first_step
     ms_per_step = (time.perf_counter() - start) / ran * 1e3 if ran else float("nan")
-    save_checkpoint(root / CHECKPOINT_DIR, model, opt, state, cfg, config)
+    save_checkpoint(root / CHECKPOINT_DIR, model, opt, state, cfg, config, reader)
     path, digest = publish(root, model.eval(), cfg, config, state)
     final = float(np.mean(state["losses"][-FINAL_LOSS_STEPS:])) if state["losses"] else float("nan")
     return TrainResult(weights=path, sha256=digest, steps=state["step"], seconds=state["seconds"],
@@ -311,11 +336,14 @@ def train(package_path: str | Path, config: TrainConfig = TrainConfig(), resume:
 @click.option("--resume", is_flag=True, help="Continue from PACKAGE/.train's checkpoint.")
 @click.option("--shape/--no-shape", default=True, show_default=True,
               help="Condition the network on the mouth shape the package's mouth model predicts from the audio.")
+@click.option("--landmark-loss", "landmark_loss", type=click.FloatRange(min=0), default=0.0, show_default=True,
+              help="Weight of the landmark loss: a reader fitted on the package's frames reads the lip points off "
+                   "each generated mouth, and their squared error (px^2) joins the loss. 0: off.")
 @click.option("--mouth-only", is_flag=True,
               help="Only refit the mouth-shape model (seconds; upgrades a package built before format 1.1).")
 @cliutil.logging_options("No progress bar; warnings and errors only.")
 def main(package, size, device, batch, lr, minutes, max_steps, seed, checkpoint_every, workers, resume, shape,
-         mouth_only, quiet, log_level):
+         landmark_loss, mouth_only, quiet, log_level):
     """Train the neural generator on PACKAGE and store neural.safetensors in it.
 
     The package's mouth-shape model (mouth.safetensors) is refitted first.
@@ -332,7 +360,8 @@ def main(package, size, device, batch, lr, minutes, max_steps, seed, checkpoint_
         return
     try:
         config = TrainConfig(size=size, device=device, batch=batch, lr=lr, minutes=minutes, max_steps=max_steps,
-                             seed=seed, checkpoint_every=checkpoint_every, num_workers=workers, shape=shape)
+                             seed=seed, checkpoint_every=checkpoint_every, num_workers=workers, shape=shape,
+                             landmark_weight=landmark_loss)
         result = train(package, config, resume=resume, progress=not quiet and sys.stderr.isatty())
     except LipsyncError as exc:
         click.echo(f"error: {exc}", err=True)
