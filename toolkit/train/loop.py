@@ -8,7 +8,9 @@
 2. **Loss.** L1 over the image plus ``ssim_weight`` x (1 - SSIM) / 2 over the
    mask box, both weighted per pixel by ``1 + mouth_weight`` on the dilated lip
    hull and 1 elsewhere, so the few hundred mouth pixels are not drowned by the
-   face the skip connections copy.
+   face the skip connections copy. With ``landmark_weight`` (``--landmark-loss``),
+   plus that times the landmark error a frozen reader sees in the generated
+   mouth (:mod:`toolkit.train.reader`).
 3. **Optimiser.** AdamW at a constant learning rate (the step count is not known
    in advance: the budget is wall-clock minutes).
 4. **Stopping.** At ``minutes`` of training time or ``max_steps`` steps, both
@@ -266,7 +268,7 @@ def train(package_path: str | Path, config: TrainConfig = TrainConfig(), resume:
     if config.landmark_weight > 0:
         if state["reader"] is not None:                 # the resumed run's reader, exactly
             tensors, info = state["reader"]
-            reader = Reader.from_tensors({k: v.to(device) for k, v in tensors.items()}, len(shape_model.bias), info)
+            reader = Reader.from_tensors(tensors, len(shape_model.bias), info, device)
         else:
             if progress:
                 tqdm.write("fitting the landmark loss's mouth reader ...", file=sys.stderr)

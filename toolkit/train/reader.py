@@ -90,10 +90,12 @@ class Reader:
         return out
 
     @classmethod
-    def from_tensors(cls, tensors: dict[str, torch.Tensor], k: int, info: dict) -> "Reader":
+    def from_tensors(cls, tensors: dict[str, torch.Tensor], k: int, info: dict,
+                     device: torch.device = torch.device("cpu")) -> "Reader":
+        """The reader :meth:`tensors` saved (a checkpoint's), on ``device``."""
         net = ShapeReader(k)
         net.load_state_dict({key[4:]: v for key, v in tensors.items() if key.startswith("net.")}, strict=True)
-        return cls(_frozen(net), tensors["mean"], tensors["std"], info)
+        return cls(_frozen(net.to(device)), tensors["mean"].to(device), tensors["std"].to(device), info)
 
 
 def _frozen(net: ShapeReader) -> ShapeReader:
