@@ -37,7 +37,7 @@ from .protocol import (CHUNK_MS, WINDOW_MS, AudioChunk, Capabilities, Error, Err
 from .render import REST_KEY, Rendered, Renderers, RenderJob, base_frame
 from .store import PackageStore
 from .features import SAMPLE_RATE
-from .stream import IDLE_RMS, LOOKAHEAD_CHUNKS, AudioStream, Resampler, rms, window_from_pcm
+from .stream import IDLE_RMS, LOOKAHEAD_CHUNKS, AudioStream, Resampler, frame_rms, window_from_pcm
 
 OVERLOAD_S = 0.15       # a message that waited this long before work began is rendered by the cheapest tier
 
@@ -223,7 +223,6 @@ class Session:
         x16 = Resampler(msg.sample_rate)(samples)
         mel = window_from_pcm(x16)
         mid, half = len(x16) // 2, SAMPLE_RATE * CHUNK_MS // 2000      # the frame's own 40 ms at the centre
-        quiet = max(rms(x16[a:a + 2 * half])                    # its own 40 ms and its look-ahead, as streamed
-                    for a in range(mid - half, mid + half + 2 * half * LOOKAHEAD_CHUNKS, 2 * half)) < IDLE_RMS
+        quiet = frame_rms(x16[mid - half:], 1 + LOOKAHEAD_CHUNKS, 2 * half).max() < IDLE_RMS   # + look-ahead
         job = RenderJob(name, [msg.frame_id], [mel], [quiet], {REST_KEY: float(quiet)}, degrade)
         return [], Work(job, [msg.seq], started, stream=False)

@@ -265,10 +265,10 @@ class AudioStream:
         while self._ready(self.next_frame):
             k = self.next_frame
             lo = k * self.spf - self._raw_start
-            ahead = [rms(self._raw[a:a + self.spf]) for a in range(lo + self.spf, lo + (LOOKAHEAD_CHUNKS + 1) * self.spf,
-                                                                     self.spf)]
+            ahead = frame_rms(self._raw[lo + self.spf:lo + (LOOKAHEAD_CHUNKS + 1) * self.spf], LOOKAHEAD_CHUNKS,
+                              self.spf)
             out.append(FrameAudio(index=k, mel=self._rows_of(k), rms=rms(self._raw[lo:lo + self.spf]),
-                                  ahead_rms=max(ahead)))
+                                  ahead_rms=float(ahead.max())))
             self.next_frame += 1
         drop = self.next_frame * self.spf - self._raw_start
         if drop > 0:
