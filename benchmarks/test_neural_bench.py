@@ -21,14 +21,19 @@ from runtime.neural import SIZES, LipSyncUNet, prepare_inputs, save_weights
 from runtime.package import Package
 
 
-@pytest.fixture(scope="module")
-def package(built, tmp_path_factory):
-    root = tmp_path_factory.mktemp("neural-bench") / "anchor"
+def _package(built, folder, reference="retrieval"):
+    root = folder / "anchor"
     shutil.copytree(built("German_20s").path, root)
     torch.manual_seed(0)
-    cfg = replace(SIZES["small"], shape_dim=8, shape_scale=(1.0,) * 8)     # as `lipsync-pack train` trains it
+    cfg = replace(SIZES["small"], shape_dim=8, shape_scale=(1.0,) * 8,     # as `lipsync-pack train` trains it
+                  reference=reference)
     save_weights(LipSyncUNet(cfg).eval(), cfg, root / "neural.safetensors")
     return Package.open(root)
+
+
+@pytest.fixture(scope="module")
+def package(built, tmp_path_factory):
+    return _package(built, tmp_path_factory.mktemp("neural-bench"))
 
 
 def _times(fn, n=80, warm=8):
@@ -70,3 +75,20 @@ def test_neural_frame_time(benchmark, package, threads):
             "params": sum(p.numel() for p in plain.parameters()), "target_p95_ms": 20}
     benchmark.extra_info.update(info)
     print("\nneural:", json.dumps(info))
+
+
+def test_neural_retrieval_reference_frame_time(benchmark, package, built, tmp_path):
+    """The retrieval reference's cost (choice + transplant + residual paste), against the base reference in this run."""
+    torch.set_num_threads(1)
+    base = NeuralGenerator(_package(built, tmp_path, reference="base"))
+    gen = NeuralGenerator(package)
+    mel = np.zeros((12, 80), np.float32)
+    k = iter(range(10 ** 9))
+    state = gen.new_state()
+    ours = _times(lambda: gen.render([Request(next(k) % 400, mel, state)]))
+    plain = _times(lambda: base.render([Request(next(k) % 400, mel)]))
+    benchmark.pedantic(lambda: gen.render([Request(5, mel, state)]), rounds=20, iterations=1)
+    info = {"threads": 1, "render_single_ms": _pct(ours), "base_reference_render_single_ms": _pct(plain),
+            "ratio_p50": round(float(np.median(ours) / np.median(plain)), 2), "target_p95_ms": 20}
+    benchmark.extra_info.update(info)
+    print("\nneural, retrieval reference:", json.dumps(info))

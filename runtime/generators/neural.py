@@ -6,7 +6,10 @@ Weights are read with safetensors (no pickle). Frames of a batch, from any
 sessions sharing the package, go through one forward pass under
 ``torch.inference_mode``; BatchNorm is folded into the convolutions and
 tensors are channels-last (measured ~1.2x and ~1.4x faster on CPU). Serving
-passes the base frame as both the reference and the masked target.
+passes the base frame as the masked target; the reference is the base frame
+itself, or for weights trained with ``reference = "retrieval"`` the retrieval
+tier's output for the frame (its choice from the audio, with its continuity
+state per session), which the network redraws onto the face.
 """
 
 from __future__ import annotations
@@ -21,7 +24,8 @@ from ..mouth import for_package
 from ..options import RenderOptions
 from ..package import Package
 from .base import Generator, Request
-from .paste import blend, resting
+from .paste import blend, resting, transplant
+from .retrieval import RetrievalGenerator
 
 
 
@@ -55,6 +59,23 @@ class NeuralGenerator(Generator):
         if self.cfg.shape_dim and self.cfg.shape_dim != self.mouth.components.shape[0]:
             raise PackageError(f"{package.root / WEIGHTS}: trained on {self.cfg.shape_dim} mouth-shape coefficients, "
                                f"the package's mouth model has {self.mouth.components.shape[0]}; retrain")
+        # the retrieval reference: its choices, and their per-session state, are this tier's own
+        self.retrieval = RetrievalGenerator(package, options) if self.cfg.reference == "retrieval" else None
+
+    def new_state(self):
+        return self.retrieval.new_state() if self.retrieval else None
+
+    def reset(self, state) -> None:
+        if self.retrieval:
+            self.retrieval.reset(state)
+
+    def references(self, requests: Sequence[Request], crops: np.ndarray) -> np.ndarray:
+        """The reference crop of each request: the base crop, or the retrieval tier's output."""
+        if self.retrieval is None:
+            return crops
+        sources = self.retrieval.pick([r if r.state is not None else      # stateless use: no continuity
+                                       Request(r.base, r.mel, self.retrieval.new_state(), r.rest) for r in requests])
+        return np.stack([transplant(self.package, r.base, s) for r, s in zip(requests, sources)])
 
     def render(self, requests: Sequence[Request]) -> list[np.ndarray]:
         from ..neural import prepare_inputs, to_crops
@@ -65,9 +86,13 @@ class NeuralGenerator(Generator):
         if self.cfg.shape_dim:
             shape = self._torch.from_numpy(self.mouth.predict(mels, restore=False)).to(self.device)
         with self._torch.inference_mode():
-            images, mel, _ = prepare_inputs(crops, crops, mels, self.cfg)
+            refs = self.references(requests, crops)
+            images, mel, _ = prepare_inputs(refs, crops, mels, self.cfg)
             pred = self.model(images.to(self.device), mel.to(self.device), shape)         # (B, 3, px, px)
-        out = list(to_crops(pred, crops, self.cfg))
+        if self.retrieval:        # a residual model: its change, onto retrieval's full-resolution frame
+            out = list(to_crops(pred, refs, self.cfg, change_from=images[:, :3]))
+        else:
+            out = list(to_crops(pred, crops, self.cfg))
         # easing into or out of silence: fade towards the resting mouth
         return [blend(o, resting(self.package, r.base), r.rest) if r.rest > 0 else o
                 for o, r in zip(out, requests)]

@@ -99,13 +99,20 @@ class RetrievalGenerator(Generator):
     def reset(self, state: RetrievalState) -> None:
         state.prev = -1
 
-    def render(self, requests: Sequence[Request]) -> list[np.ndarray]:
+    def pick(self, requests: Sequence[Request]) -> list[int]:
+        """The source frame of each request, in order, each session's state moved on.
+
+        ``request.state`` is a :class:`RetrievalState`; the neural tier with a
+        retrieval reference calls this with its own requests.
+        """
         if not requests:
             return []
         targets = self.targets(np.stack([r.mel for r in requests]), np.array([r.rest for r in requests]))
-        out = []
+        sources = []
         for req, target in zip(requests, targets):
-            src = self.choose(target, req.state)
-            req.state.prev = src
-            out.append(transplant(self.package, req.base, src))
-        return out
+            req.state.prev = self.choose(target, req.state)
+            sources.append(req.state.prev)
+        return sources
+
+    def render(self, requests: Sequence[Request]) -> list[np.ndarray]:
+        return [transplant(self.package, req.base, src) for req, src in zip(requests, self.pick(requests))]

@@ -11,10 +11,21 @@ In the style of SyncTalk_2D and Ultralight-Digital-Human, written from scratch:
   same window the server hands every generator, so no other features exist.
 * **Output.** The whole inner region at ``px`` as RGB in [0, 1]. Only the
   masked box is new; :func:`to_crops` pastes it back into a 328 px crop.
-* **Training vs serving.** Training takes the reference from a random *other*
-  frame, so the network learns that the reference mouth says nothing about the
-  target mouth and the audio must. Serving passes the base frame itself as the
-  reference (as Ultralight-Digital-Human does).
+* **Training vs serving.** ``reference`` = ``"base"``: training takes the
+  reference from a random *other* frame, so the network learns that the
+  reference mouth says nothing about the target mouth and the audio must;
+  serving passes the base frame itself as the reference (as
+  Ultralight-Digital-Human does). ``reference`` = ``"retrieval"``: the
+  reference is the base frame with another frame's lower face transplanted
+  onto it (:mod:`runtime.generators.paste`); in training that frame has a
+  mouth shape near the target's true one (:mod:`toolkit.train.dataset`), when
+  serving it is the retrieval tier's choice from the audio. Such a network is
+  *residual*: its output is the reference plus a learned change (the last
+  layer starts at zero, so an untrained one serves retrieval's frame), and
+  :func:`to_crops` pastes only the change, upsampled, onto the full-resolution
+  reference, so the mouth keeps the retrieved frame's detail where the network
+  leaves it. The mouth-shape model's choice drives the lips; training teaches
+  the network to correct them towards the target with the audio.
 
 The mask is one fixed box in inner-region fractions, not derived per frame from
 landmarks, so its outline leaks nothing about the mouth it hides. Its top edge
@@ -51,6 +62,13 @@ WEIGHTS_FORMAT = "lipsync-neural"   # metadata "format" of a weights file
 WEIGHTS_VERSION = "1"               # bump when the architecture changes incompatibly
 
 
+REFERENCES = {
+    "base": "the base frame itself; trained with a random other frame as the reference",
+    "retrieval": "the retrieval tier's output for the frame (its chosen frame's lower face on the base frame); "
+                 "trained with a nearby-shaped frame's lower face on the target",
+}
+
+
 @dataclass(frozen=True)
 class ModelConfig:
     """Everything that shapes the network; stored as JSON beside its weights."""
@@ -69,6 +87,7 @@ class ModelConfig:
     mask: tuple = (0.15, 0.60, 0.85, 0.97)  # x0, y0, x1, y1 of the blanked box, fractions of the inner side
     shape_dim: int = 0              # mouth-shape conditioning: coefficients of runtime.mouth's prediction (0: off)
     shape_scale: tuple = ()         # their spread over the training frames; inputs are divided by it
+    reference: str = "base"         # what the reference crop is when serving: see REFERENCES
 
     def __post_init__(self):
         levels = len(self.mult)
@@ -82,6 +101,7 @@ class ModelConfig:
             (min(self.base, self.audio_dim, *self.mult, *self.depths) < 1, "sizes must be positive"),
             (self.shape_dim < 0 or len(self.shape_scale) != self.shape_dim or min(self.shape_scale, default=1) <= 0,
              f"shape_scale needs {self.shape_dim} positive entries"),
+            (self.reference not in REFERENCES, f"reference {self.reference!r} is not one of {sorted(REFERENCES)}"),
         ] if bad]
         if problems:
             raise ValueError(f"invalid ModelConfig: {problems[0]}")
@@ -156,6 +176,10 @@ class LipSyncUNet(nn.Module):
             self.shape = nn.Sequential(nn.Linear(cfg.shape_dim, a), nn.LeakyReLU(0.2), nn.Linear(a, a))
             self.register_buffer("shape_scale", torch.tensor(cfg.shape_scale, dtype=torch.float32), persistent=False)
         self.head = nn.Conv2d(w[0], 3, 1)
+        self.residual = cfg.reference == "retrieval"            # output = reference + a learned change
+        if self.residual:                                       # starts as the reference: retrieval's frame
+            nn.init.zeros_(self.head.weight)
+            nn.init.zeros_(self.head.bias)
         self.to(memory_format=torch.channels_last)            # ~1.4x faster 3x3 convs on CPU
 
     def forward(self, images: torch.Tensor, mel: torch.Tensor, shape: torch.Tensor | None = None) -> torch.Tensor:
@@ -190,6 +214,8 @@ class LipSyncUNet(nn.Module):
             h = self.up[level](torch.cat([h, skips.pop()], 1))          # (B, w_level, px / 2^level, ...)
             if level == self.cfg.audio_level:
                 h = h + self.audio_add(a)[:, :, None, None]             # broadcast over the image
+        if self.residual:
+            return (images[:, :3] + self.head(h)).clamp(0.0, 1.0)      # (B, 3, px, px)
         return torch.sigmoid(self.head(h))                              # (B, 3, px, px)
 
 
@@ -256,7 +282,8 @@ def prepare_inputs(ref_crops, target_crops, mels, cfg: ModelConfig) -> tuple:
     return torch.cat([ref, masked], 1), mel, target
 
 
-def to_crops(pred: torch.Tensor, base_crops: np.ndarray, cfg: ModelConfig, feather: int = 6) -> np.ndarray:
+def to_crops(pred: torch.Tensor, base_crops: np.ndarray, cfg: ModelConfig, feather: int = 6,
+             change_from: torch.Tensor | None = None) -> np.ndarray:
     """Paste the predicted mask box into copies of the base crops.
 
     Parameters
@@ -265,15 +292,22 @@ def to_crops(pred: torch.Tensor, base_crops: np.ndarray, cfg: ModelConfig, feath
     base_crops : np.ndarray [shape=(B, crop, crop, 3), dtype=uint8]
     feather : int
         Width in crop pixels of the linear blend at the box's edges.
+    change_from : torch.Tensor [shape=(B, 3, px, px)], optional
+        Paste only the change ``pred - change_from``, upsampled, onto the base crops
+        (which show ``change_from`` at full resolution): a residual model keeps the
+        reference's detail where it leaves the reference as it is.
 
     Returns
     -------
     np.ndarray [shape=(B, crop, crop, 3), dtype=uint8]
     """
     x0, y0, x1, y1 = cfg.mask_box(cfg.inner)
-    up = F.interpolate(pred.detach().float().cpu(), size=(cfg.inner, cfg.inner), mode="bilinear",
+    pred = pred.detach().float().cpu()
+    if change_from is not None:
+        pred = pred - change_from.detach().float().cpu()
+    up = F.interpolate(pred, size=(cfg.inner, cfg.inner), mode="bilinear",
                        align_corners=False)[:, :, y0:y1, x0:x1]       # (B, 3, h, w)
-    patch = (up.permute(0, 2, 3, 1).numpy() * 255).clip(0, 255)      # (B, h, w, 3)
+    patch = up.permute(0, 2, 3, 1).numpy() * 255                     # (B, h, w, 3)
 
     def ramp(n: int) -> np.ndarray:                                   # 0 -> 1 over `feather` px at both ends
         i = np.arange(n)
@@ -283,7 +317,9 @@ def to_crops(pred: torch.Tensor, base_crops: np.ndarray, cfg: ModelConfig, feath
     out = np.array(base_crops, dtype=np.uint8)
     m = cfg.margin
     region = out[:, m + y0:m + y1, m + x0:m + x1].astype(np.float32)
-    out[:, m + y0:m + y1, m + x0:m + x1] = np.rint(alpha * patch + (1 - alpha) * region).astype(np.uint8)
+    if change_from is not None:
+        patch = patch + region
+    out[:, m + y0:m + y1, m + x0:m + x1] = np.rint(alpha * patch.clip(0, 255) + (1 - alpha) * region).astype(np.uint8)
     return out
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import shutil
 
 import numpy as np
@@ -19,7 +21,7 @@ from .conftest import running_server
 
 @pytest.fixture(scope="module")
 def trained(built, tmp_path_factory):
-    """A copy of the face_1 package with a tiny model trained for a few steps."""
+    """A copy of the face_1 package with a tiny model trained for a few steps (retrieval reference, the default)."""
     from toolkit.train.loop import TrainConfig, train
 
     root = tmp_path_factory.mktemp("neural") / "face1"
@@ -47,6 +49,7 @@ def test_neural_leads_the_chain_when_weights_exist(trained, built, speech):
     assert build_chain(Package.open(built("German_20s").path)).names == ["retrieval", "static"]
     cfg = pkg.manifest["extra"]["neural"]["config"]
     assert cfg["shape_dim"] == 8 and len(cfg["shape_scale"]) == 8     # conditioned on the mouth-shape model
+    assert cfg["reference"] == "retrieval"                            # the default
 
 
 def test_chain_falls_back_to_retrieval_without_weights(trained, tmp_path, speech):
@@ -77,8 +80,9 @@ def test_damaged_weights_refuse_the_package_at_open(trained, tmp_path, damage):
     assert "\n" not in str(err.value)
 
 
-def test_batch_equals_one_by_one(trained, speech):
-    gen = NeuralGenerator(Package.open(trained))
+@pytest.mark.parametrize("weights", ["trained", "trained_base"])
+def test_batch_equals_one_by_one(weights, speech, request):
+    gen = NeuralGenerator(Package.open(request.getfixturevalue(weights)))
     mels = windows(speech, 4)
     bases = [0, 17, 60, 99]
     together = gen.render([Request(b, m) for b, m in zip(bases, mels)])
@@ -107,3 +111,66 @@ def test_silence_gives_a_closed_mouth(trained):
 
     share, status = closed_after_speech(trained, "neural")
     assert share <= 0.05 and (status == 1).all()
+
+
+@pytest.fixture(scope="module")
+def trained_base(trained, tmp_path_factory):
+    """The face_1 copy again, its tiny model trained with the base frame as the reference."""
+    from toolkit.train.loop import TrainConfig, train
+
+    root = tmp_path_factory.mktemp("neural_base") / "face1"
+    shutil.copytree(trained, root)
+    train(root, TrainConfig(size="tiny", max_steps=6, batch=4, checkpoint_every=100, reference="base"),
+          progress=False)
+    return root
+
+
+def test_retrieval_reference_is_the_retrieval_tiers_output(trained, speech, monkeypatch):
+    from runtime.generators.retrieval import RetrievalGenerator, RetrievalState
+
+    pkg = Package.open(trained)
+    gen, retrieval = NeuralGenerator(pkg), RetrievalGenerator(pkg)
+    assert gen.cfg.reference == "retrieval"
+    shown = []
+    original = gen.references
+    monkeypatch.setattr(gen, "references", lambda reqs, crops: shown.append(original(reqs, crops)) or shown[-1])
+    ours, theirs = gen.new_state(), retrieval.new_state()
+    assert isinstance(ours, RetrievalState)
+    for base, mel in zip(range(10, 16), windows(speech, 6)):
+        out = gen.render([Request(base, mel, ours)])[0]
+        expected = retrieval.render([Request(base, mel, theirs)])[0]
+        np.testing.assert_array_equal(shown[-1][0], expected)          # the network saw retrieval's frame
+        assert ours.prev == theirs.prev >= 0 and out.shape == expected.shape
+    gen.reset(ours)
+    assert ours.prev == -1
+
+
+def test_base_reference_rests_the_mouth_in_silence(trained_base):
+    from tests.toolkit.test_evaluate import closed_after_speech
+
+    share, status = closed_after_speech(trained_base, "neural")
+    assert share <= 0.05 and (status == 1).all()
+
+
+def test_an_untrained_retrieval_reference_model_serves_retrievals_frame(built, tmp_path, speech):
+    """The residual model starts at zero change: before training, neural shows exactly what retrieval shows."""
+    import torch
+
+    from runtime.generators.retrieval import RetrievalGenerator
+    from runtime.neural.model import SIZES, LipSyncUNet, save_weights
+    from toolkit.writer import add_file
+
+    root = tmp_path / "face1"
+    shutil.copytree(built("face_1").path, root)
+    cfg = dataclasses.replace(SIZES["tiny"], reference="retrieval")
+    torch.manual_seed(0)
+    save_weights(LipSyncUNet(cfg), cfg, tmp_path / "w.safetensors")
+    add_file(root, "neural.safetensors", (tmp_path / "w.safetensors").read_bytes(), "neural",
+             {"config": json.loads(cfg.to_json())})
+    pkg = Package.open(root)
+    gen, retrieval = NeuralGenerator(pkg), RetrievalGenerator(pkg)
+    ours, theirs = gen.new_state(), retrieval.new_state()
+    for base, mel in zip(range(30, 36), windows(speech, 6)):
+        out = gen.render([Request(base, mel, ours)])[0]
+        expected = retrieval.render([Request(base, mel, theirs)])[0]
+        assert np.abs(out.astype(int) - expected.astype(int)).max() <= 1       # rounding only

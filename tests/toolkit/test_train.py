@@ -2,6 +2,7 @@
 
 import json
 import shutil
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -15,10 +16,10 @@ from runtime.neural.model import (SIZES, LipSyncUNet, fuse_for_inference, load_w
                                   save_weights, to_crops)
 from runtime.package import FLAG_LOST, Package, sha256_file, verify
 from runtime.stream import CONTEXT_AFTER
-from toolkit.train.dataset import PackageDataset, step_batches
+from toolkit.train.dataset import APART, NEAREST, PackageDataset, nearest_shapes, step_batches
 from toolkit.train.loop import CHECKPOINT_DIR, WEIGHTS, TrainConfig, main, train
 
-TINY = TrainConfig(size="tiny", batch=4, lr=2e-3, seed=3, checkpoint_every=1000, minutes=5)
+TINY = TrainConfig(size="tiny", batch=4, lr=2e-3, seed=3, checkpoint_every=1000, minutes=5, reference="base")
 
 
 @pytest.fixture
@@ -75,8 +76,11 @@ class Spy:
 
     def __getitem__(self, key):
         first = key[0] if isinstance(key, tuple) else key
-        rows = range(len(self.arr))[first]
-        self.rows.update([rows] if isinstance(rows, int) else rows)
+        if isinstance(first, np.ndarray):                  # fancy indexing: the listed rows
+            self.rows.update(np.arange(len(self.arr))[first].tolist())
+        else:
+            rows = range(len(self.arr))[first]
+            self.rows.update([rows] if isinstance(rows, int) else rows)
         return self.arr[key]
 
     def __len__(self):
@@ -86,7 +90,8 @@ class Spy:
     dtype = property(lambda self: self.arr.dtype)
 
 
-def test_dataset_never_reads_holdout_or_lost_frames(short):
+@pytest.mark.parametrize("reference", ["base", "retrieval"])
+def test_dataset_never_reads_holdout_or_lost_frames(short, reference):
     flags = np.load(short / "flags.npy")
     flags[[5, 6, 7, 60]] = FLAG_LOST                      # lost frames inside the training range
     np.save(short / "flags.npy", flags)
@@ -98,7 +103,7 @@ def test_dataset_never_reads_holdout_or_lost_frames(short):
                and mel_index(k, pkg.fps) + CONTEXT_AFTER <= mel_index(first_held, pkg.fps)}
     assert first_held == 130 and len(allowed) == 130 - 4 - 2   # 4 lost, 2 whose audio reaches the holdout
 
-    data = PackageDataset(pkg, SIZES["tiny"], augment=True, seed=1)
+    data = PackageDataset(pkg, replace(SIZES["tiny"], reference=reference), augment=True, seed=1)
     assert set(data.frames.tolist()) == allowed
     seen = [data[i] for i in range(len(data))]
     batches = step_batches(len(data), 16, seed=2)
@@ -107,6 +112,11 @@ def test_dataset_never_reads_holdout_or_lost_frames(short):
     refs = {it["reference_frame"] for it in seen}
     assert targets == allowed and refs <= allowed
     assert all(it["frame"] != it["reference_frame"] for it in seen)
+    if reference == "retrieval":                          # a like-shaped frame, never a near copy of the target
+        assert all(abs(it["frame"] - it["reference_frame"]) >= APART for it in seen)
+        # pasted onto the target's own face, lined up with it: above the mouth, reference = target
+        assert all(np.array_equal(it["reference"][:120], it["target"][:120]) for it in seen)
+        assert not all(np.array_equal(it["reference"], it["target"]) for it in seen)
     assert spies["crops"].rows <= allowed and spies["landmarks"].rows <= allowed
     assert max(spies["mel"].rows) < mel_index(first_held, pkg.fps)
     item = seen[0]
@@ -170,6 +180,36 @@ def test_landmark_loss_trains_resumes_and_is_recorded(short, tmp_path):
     assert info["train"]["landmark_weight"] == 0.01 and info["landmark_reader"]["frames"] > 0
     with pytest.raises(InputError, match="--landmark-loss"):
         train(short, TrainConfig(**{**TINY.__dict__, "max_steps": 7}), resume=True, progress=False)
+
+
+def test_retrieval_references_show_the_targets_mouth_shape(built):
+    """The training reference's mouth is shaped like the target's (what retrieval would pick), from afar."""
+    from runtime.mouth import for_package
+
+    pkg = Package.open(built("German_20s").path)
+    frames = pkg.usable_train_frames
+    near = nearest_shapes(pkg, frames)
+    assert near.shape == (len(frames), NEAREST) and np.isin(near, frames).all()
+    assert (np.abs(near - frames[:, None]) >= APART).all()
+    model = for_package(pkg)
+    opening = model.opening(model.coefficients(np.asarray(pkg.landmarks)))
+    assert np.corrcoef(opening[frames], opening[near[:, 0]])[0, 1] > 0.9
+    shuffled = np.random.default_rng(0).permutation(frames)
+    gap = lambda src: np.abs(opening[frames] - opening[src]).mean()
+    assert gap(near[:, -1]) < 0.3 * gap(shuffled)
+
+
+def test_retrieval_reference_trains_and_resumes_only_as_itself(short):
+    result = train(short, TrainConfig(**{**TINY.__dict__, "max_steps": 4, "reference": "retrieval",
+                                         "checkpoint_every": 2}), progress=False)
+    assert result.steps == 4 and np.isfinite(result.losses).all()
+    _, cfg = load_weights(result.weights)
+    manifest = json.loads((short / "manifest.json").read_text())
+    assert cfg.reference == manifest["extra"]["neural"]["config"]["reference"] == "retrieval"
+    with pytest.raises(InputError, match="pass --reference retrieval"):
+        train(short, TrainConfig(**{**TINY.__dict__, "max_steps": 6}), resume=True, progress=False)
+    with pytest.raises(InputError, match="reference 'mirror'"):
+        train(short, TrainConfig(**{**TINY.__dict__, "reference": "mirror"}), progress=False)
 
 
 def test_resume_without_checkpoint_fails(short):

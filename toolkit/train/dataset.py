@@ -9,6 +9,13 @@ every crop, landmark and mel read goes through it, so no held-out frame, nor
 its audio, nor a lost frame is ever touched, as a target or as a reference;
 tests/toolkit/test_train.py checks the rows actually read.
 
+With ``cfg.reference == "retrieval"`` the reference is the target frame with
+another training frame's lower face transplanted onto it, as the retrieval
+tier renders it: that frame is one of the NEAREST training frames whose true
+mouth shape (the mouth-shape model's coefficients, in retrieval's distance) is
+closest to the target's, at least APART frames away from it, so it is never
+the target itself or its near-copy.
+
 Crops stay in the package's memory map and are read per item, so a dataset
 over an hour of video costs no more memory than one over ten seconds.
 
@@ -31,8 +38,13 @@ from runtime.neural.model import ModelConfig
 from runtime.features import mel_index
 from runtime.landmarks import LIPS
 from runtime.package import Package
+from runtime.generators.paste import transplant
+from runtime.mouth import for_package, normalise, opening_metric, opening_of
 from runtime.stream import CONTEXT_AFTER, frame_window
 
+NEAREST = 4                # retrieval reference: drawn from the target's 4 nearest mouth shapes ...
+APART = 12                 # ... among training frames at least 12 frames (0.48 s at 25 fps) away from it
+MAX_SOURCES = 20_000       # longer packages draw references from every n-th training frame
 MOUTH_DILATE = 0.06        # lip hull grown by 6 % of the image side (~10 px at 160 px): lips, teeth, lip skin
 
 
@@ -45,7 +57,8 @@ class PackageDataset(Dataset):
     cfg : ModelConfig
     augment : bool
         Shift each crop's inner window by up to the crop margin (4 px) in x and y,
-        independently for reference and target: the margin exists for this.
+        independently for reference and target (together for a retrieval
+        reference, which is the target's own face): the margin exists for this.
     seed : int
         For items fetched with a plain integer index (random reference and shift).
 
@@ -72,6 +85,7 @@ class PackageDataset(Dataset):
                              f" the model expects {cfg.crop} with inner {cfg.inner}")
         self.package, self.cfg, self.augment = package, cfg, augment
         self.frames = frames
+        self.sources = nearest_shapes(package, frames) if cfg.reference == "retrieval" else None
         self._rng = np.random.default_rng(seed)
 
     def __getstate__(self) -> dict:
@@ -90,12 +104,17 @@ class PackageDataset(Dataset):
             i = index
             j = (i + self._rng.integers(1, len(self.frames))) % len(self.frames)   # any other frame
             aug_seed = int(self._rng.integers(2 ** 31))
-        t, r = int(self.frames[i]), int(self.frames[j])
         rng = np.random.default_rng(aug_seed)
+        t = int(self.frames[i])
+        r = int(self.frames[j]) if self.sources is None else int(self.sources[i, rng.integers(NEAREST)])
         m = self.cfg.margin
         (tx, ty), (rx, ry) = rng.integers(0, 2 * m + 1, size=(2, 2)) if self.augment else ((m, m), (m, m))
+        if self.sources is None:
+            reference = self.window(r, rx, ry)
+        else:       # the target's own face, lined up with it, as the served reference is the base frame's
+            reference = self.window(t, tx, ty, transplant(self.package, t, r))
         return {
-            "reference": self.window(r, rx, ry),
+            "reference": reference,
             "target": self.window(t, tx, ty),
             "mel": frame_window(self.package.mel, t, self.package.fps),
             "mouth": self._mouth(t, tx, ty),
@@ -103,10 +122,11 @@ class PackageDataset(Dataset):
             "reference_frame": r,
         }
 
-    def window(self, frame: int, x: int, y: int) -> np.ndarray:
-        """The inner-sized window of a crop starting at (x, y), copied out of the memory map."""
+    def window(self, frame: int, x: int, y: int, crop: np.ndarray | None = None) -> np.ndarray:
+        """The inner-sized window starting at (x, y) of frame's crop (or of ``crop``), as a new array."""
         n = self.cfg.inner
-        return np.array(self.package.crops[frame, y:y + n, x:x + n])
+        source = self.package.crops[frame] if crop is None else crop
+        return np.array(source[y:y + n, x:x + n])
 
     def _mouth(self, frame: int, x: int, y: int) -> np.ndarray:
         """1 on the lip hull of ``frame``, dilated, at model resolution (window origin (x, y))."""
@@ -117,6 +137,41 @@ class PackageDataset(Dataset):
         k = 2 * max(1, round(MOUTH_DILATE * px)) + 1
         mask = cv2.dilate(mask, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (k, k)))
         return mask.astype(np.float32)
+
+
+def nearest_shapes(package: Package, frames: np.ndarray) -> np.ndarray:
+    """For each of ``frames``, the NEAREST other training frames with the closest true mouth shape.
+
+    Shapes are the package's mouth-shape coefficients, compared in the retrieval tier's
+    distance (:func:`runtime.mouth.opening_metric`); candidates are ``frames`` (at most
+    MAX_SOURCES of them, evenly spread) at least APART frames from the target.
+
+    Returns
+    -------
+    np.ndarray [shape=(len(frames), NEAREST), dtype=int64]
+        Package frame numbers, nearest first.
+    """
+    model = for_package(package)
+    lm = np.asarray(package.landmarks[frames])
+    space = model.coefficients(lm)
+    metric = opening_metric(space, opening_of(normalise(lm, model.reference), model.reference))
+    space = (space @ metric.T).astype(np.float64)
+    keys = np.arange(len(frames))
+    if len(keys) > MAX_SOURCES:
+        keys = np.linspace(0, len(frames) - 1, MAX_SOURCES).astype(np.int64)
+    if (np.abs(frames[keys][None] - frames[keys][:, None]) >= APART).sum(1).min() < NEAREST:
+        raise InputError(f"{package.root}: too few training frames for a retrieval reference (each frame needs "
+                         f"{NEAREST} others at least {APART} frames away); train with --reference base")
+    out = np.empty((len(frames), NEAREST), np.int64)
+    key_space, key_frames = space[keys], frames[keys]
+    norms = (key_space ** 2).sum(1)
+    for rows in np.array_split(np.arange(len(frames)), -(-len(frames) // 512)):
+        d = norms[None] - 2.0 * space[rows] @ key_space.T
+        d[np.abs(key_frames[None] - frames[rows][:, None]) < APART] = np.inf
+        near = np.argpartition(d, NEAREST - 1, axis=1)[:, :NEAREST]
+        order = np.argsort(np.take_along_axis(d, near, 1), axis=1)
+        out[rows] = key_frames[np.take_along_axis(near, order, 1)]
+    return out
 
 
 def step_batches(n: int, batch: int, seed: int, start: int = 0) -> Iterator[list]:

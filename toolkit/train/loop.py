@@ -3,8 +3,9 @@
 ``lipsync-pack train PACKAGE --size small --minutes 15`` (or :func:`train`):
 
 1. **Data.** :class:`toolkit.train.dataset.PackageDataset`: training frames only,
-   a random other training frame as the reference, batches a pure function of
-   ``(seed, step)``.
+   the target with a like-shaped training frame's lower face transplanted on
+   as the reference (``reference`` "retrieval", the default; "base": a random
+   other training frame), batches a pure function of ``(seed, step)``.
 2. **Loss.** L1 over the image plus ``ssim_weight`` x (1 - SSIM) / 2 over the
    mask box, both weighted per pixel by ``1 + mouth_weight`` on the dilated lip
    hull and 1 elsewhere, so the few hundred mouth pixels are not drowned by the
@@ -57,7 +58,7 @@ from runtime import cliutil
 from runtime.errors import InputError, LipsyncError, PackageError
 from runtime.files import write_atomic
 from runtime.mouth import MOUTH_FILE
-from runtime.neural.model import SIZES, LipSyncUNet, ModelConfig, prepare_inputs, weights_bytes
+from runtime.neural.model import REFERENCES, SIZES, LipSyncUNet, ModelConfig, prepare_inputs, weights_bytes
 from runtime.package import Package, sha256_file
 from runtime.package import NEURAL_WEIGHTS as WEIGHTS  # in the package, listed in manifest files
 from toolkit.writer import add_file
@@ -92,6 +93,7 @@ class TrainConfig:
     threads: int = 0                # torch CPU threads; 0: every core this process may use
     shape: bool = True              # condition on the mouth-shape model's prediction (runtime.mouth)
     landmark_weight: float = 0.0    # landmark loss (toolkit.train.reader): weight of the lip points' error, px^2
+    reference: str = "retrieval"    # the network's reference crop: runtime.neural.model.REFERENCES
 
 
 @dataclass
@@ -175,11 +177,14 @@ def load_checkpoint(folder: Path, model: LipSyncUNet, opt: torch.optim.Optimizer
                 fix = f"pass --size {saved.size}"
             elif saved.shape_dim != cfg.shape_dim:
                 fix = f"pass {'--shape' if saved.shape_dim else '--no-shape'}"
+            elif saved.reference != cfg.reference:
+                fix = f"pass --reference {saved.reference}"
             else:
                 fix = "the package's mouth-shape model changed since; train afresh"
-            raise InputError(f"{folder}: the checkpoint's model ({saved.size}, shape conditioning "
-                             f"{'on' if saved.shape_dim else 'off'}) differs from this run's ({cfg.size}, "
-                             f"{'on' if cfg.shape_dim else 'off'}); {fix} or drop --resume")
+            describe = lambda c: (f"{c.size}, shape conditioning {'on' if c.shape_dim else 'off'}, "
+                                  f"{c.reference} reference")
+            raise InputError(f"{folder}: the checkpoint's model ({describe(saved)}) differs from this run's "
+                             f"({describe(cfg)}); {fix} or drop --resume")
         with safe_open(str(tensor_path), framework="pt", device="cpu") as f:
             tensors = {k: f.get_tensor(k) for k in f.keys()}
         model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")}, strict=True)
@@ -249,9 +254,11 @@ def train(package_path: str | Path, config: TrainConfig = TrainConfig(), resume:
     package = Package.open(root)
     if config.size not in SIZES:
         raise InputError(f"size {config.size!r}: expected one of {', '.join(sorted(SIZES))}")
+    if config.reference not in REFERENCES:
+        raise InputError(f"reference {config.reference!r}: expected one of {', '.join(sorted(REFERENCES))}")
     shape_model = refit_mouth(root)     # the mouth-shape model follows the package's current frames
     package = Package.open(root)
-    cfg, device = SIZES[config.size], torch.device(config.device)
+    cfg, device = replace(SIZES[config.size], reference=config.reference), torch.device(config.device)
     if config.shape:
         cfg = shape_config(cfg, shape_model, package)
     torch.set_num_threads(config.threads or len(os.sched_getaffinity(0)))
@@ -341,11 +348,15 @@ def train(package_path: str | Path, config: TrainConfig = TrainConfig(), resume:
 @click.option("--landmark-loss", "landmark_loss", type=click.FloatRange(min=0), default=0.0, show_default=True,
               help="Weight of the landmark loss: a reader fitted on the package's frames reads the lip points off "
                    "each generated mouth, and their squared error (px^2) joins the loss. 0: off.")
+@click.option("--reference", type=click.Choice(sorted(REFERENCES)), default="retrieval", show_default=True,
+              help="The network's reference image. retrieval: the retrieval tier's output, which the network "
+                   "learns to change (it starts as retrieval). base: the frame itself (a random other frame in "
+                   "training), so the mouth comes from the audio alone.")
 @click.option("--mouth-only", is_flag=True,
               help="Only refit the mouth-shape model (seconds; upgrades a package built before format 1.1).")
 @cliutil.logging_options("No progress bar; warnings and errors only.")
 def main(package, size, device, batch, lr, minutes, max_steps, seed, checkpoint_every, workers, resume, shape,
-         landmark_loss, mouth_only, quiet, log_level):
+         landmark_loss, reference, mouth_only, quiet, log_level):
     """Train the neural generator on PACKAGE and store neural.safetensors in it.
 
     The package's mouth-shape model (mouth.safetensors) is refitted first.
@@ -363,7 +374,7 @@ def main(package, size, device, batch, lr, minutes, max_steps, seed, checkpoint_
     try:
         config = TrainConfig(size=size, device=device, batch=batch, lr=lr, minutes=minutes, max_steps=max_steps,
                              seed=seed, checkpoint_every=checkpoint_every, num_workers=workers, shape=shape,
-                             landmark_weight=landmark_loss)
+                             landmark_weight=landmark_loss, reference=reference)
         result = train(package, config, resume=resume, progress=not quiet and sys.stderr.isatty())
     except LipsyncError as exc:
         click.echo(f"error: {exc}", err=True)
