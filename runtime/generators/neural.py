@@ -73,8 +73,7 @@ class NeuralGenerator(Generator):
         """The reference crop of each request: the base crop, or the retrieval tier's output."""
         if self.retrieval is None:
             return crops
-        sources = self.retrieval.pick([r if r.state is not None else      # stateless use: no continuity
-                                       Request(r.base, r.mel, self.retrieval.new_state(), r.rest) for r in requests])
+        sources = self.retrieval.pick(requests)
         return np.stack([transplant(self.package, r.base, s) for r, s in zip(requests, sources)])
 
     def render(self, requests: Sequence[Request]) -> list[np.ndarray]:

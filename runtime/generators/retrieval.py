@@ -40,6 +40,18 @@ JUMP = 1.0                     # continuity bonus of prev + 1, in units of the t
 MAX_KEYS = 20_000              # longer packages use every n-th training frame as a key
 
 
+def spread(frames: np.ndarray, most: int = MAX_KEYS) -> np.ndarray:
+    """``frames``, or ``most`` of them evenly spread when there are more."""
+    return frames if len(frames) <= most else frames[np.linspace(0, len(frames) - 1, most).astype(np.int64)]
+
+
+def shape_space(model, landmarks: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Frames' true shape coefficients (T, K) float32 and the (K, K) float64 map of retrieval's distance
+    over them (:func:`runtime.mouth.opening_metric`)."""
+    coef = model.coefficients(landmarks)
+    return coef, opening_metric(coef, opening_of(normalise(landmarks, model.reference), model.reference))
+
+
 @dataclass
 class RetrievalState:
     """Per-session memory: the previous choice."""
@@ -58,14 +70,11 @@ class RetrievalGenerator(Generator):
         frames = package.usable_train_frames
         if len(frames) == 0:
             raise NotReady(f"{package.root}: no usable training frames for retrieval")
-        if len(frames) > MAX_KEYS:
-            frames = frames[np.linspace(0, len(frames) - 1, MAX_KEYS).astype(np.int64)]
-        lm = np.asarray(package.landmarks)[frames]
-        keys = self.model.coefficients(lm)
+        frames = spread(frames)
+        keys, metric = shape_space(self.model, np.asarray(package.landmarks)[frames])
         # shapes are compared in the metric that weights the opening (runtime.mouth.opening_metric): keys
         # and queries move by one (K, K) matrix, so a choice costs what it did
-        self.metric = opening_metric(keys, opening_of(normalise(lm, self.model.reference),
-                                                      self.model.reference)).astype(np.float32)
+        self.metric = metric.astype(np.float32)
         space = keys @ self.metric.T
         consecutive = np.diff(frames) == 1
         steps = ((space[1:] - space[:-1]) ** 2).sum(1)[consecutive]
@@ -102,16 +111,18 @@ class RetrievalGenerator(Generator):
     def pick(self, requests: Sequence[Request]) -> list[int]:
         """The source frame of each request, in order, each session's state moved on.
 
-        ``request.state`` is a :class:`RetrievalState`; the neural tier with a
-        retrieval reference calls this with its own requests.
+        ``request.state`` is a :class:`RetrievalState`, or None for a stateless choice
+        (no continuity); the neural tier with a retrieval reference calls this with its
+        own requests.
         """
         if not requests:
             return []
         targets = self.targets(np.stack([r.mel for r in requests]), np.array([r.rest for r in requests]))
         sources = []
         for req, target in zip(requests, targets):
-            req.state.prev = self.choose(target, req.state)
-            sources.append(req.state.prev)
+            state = req.state if req.state is not None else RetrievalState()
+            state.prev = self.choose(target, state)
+            sources.append(state.prev)
         return sources
 
     def render(self, requests: Sequence[Request]) -> list[np.ndarray]:

@@ -39,12 +39,12 @@ from runtime.features import mel_index
 from runtime.landmarks import LIPS
 from runtime.package import Package
 from runtime.generators.paste import transplant
-from runtime.mouth import for_package, normalise, opening_metric, opening_of
+from runtime.generators.retrieval import shape_space, spread
+from runtime.mouth import for_package
 from runtime.stream import CONTEXT_AFTER, frame_window
 
 NEAREST = 4                # retrieval reference: drawn from the target's 4 nearest mouth shapes ...
 APART = 12                 # ... among training frames at least 12 frames (0.48 s at 25 fps) away from it
-MAX_SOURCES = 20_000       # longer packages draw references from every n-th training frame
 MOUTH_DILATE = 0.06        # lip hull grown by 6 % of the image side (~10 px at 160 px): lips, teeth, lip skin
 
 
@@ -143,22 +143,17 @@ def nearest_shapes(package: Package, frames: np.ndarray) -> np.ndarray:
     """For each of ``frames``, the NEAREST other training frames with the closest true mouth shape.
 
     Shapes are the package's mouth-shape coefficients, compared in the retrieval tier's
-    distance (:func:`runtime.mouth.opening_metric`); candidates are ``frames`` (at most
-    MAX_SOURCES of them, evenly spread) at least APART frames from the target.
+    distance (:func:`runtime.generators.retrieval.shape_space`); candidates are ``frames``
+    (at most retrieval's MAX_KEYS of them, evenly spread) at least APART frames from the target.
 
     Returns
     -------
     np.ndarray [shape=(len(frames), NEAREST), dtype=int64]
         Package frame numbers, nearest first.
     """
-    model = for_package(package)
-    lm = np.asarray(package.landmarks[frames])
-    space = model.coefficients(lm)
-    metric = opening_metric(space, opening_of(normalise(lm, model.reference), model.reference))
-    space = (space @ metric.T).astype(np.float64)
-    keys = np.arange(len(frames))
-    if len(keys) > MAX_SOURCES:
-        keys = np.linspace(0, len(frames) - 1, MAX_SOURCES).astype(np.int64)
+    coef, metric = shape_space(for_package(package), np.asarray(package.landmarks[frames]))
+    space = (coef @ metric.T).astype(np.float64)
+    keys = spread(np.arange(len(frames)))
     if (np.abs(frames[keys][None] - frames[keys][:, None]) >= APART).sum(1).min() < NEAREST:
         raise InputError(f"{package.root}: too few training frames for a retrieval reference (each frame needs "
                          f"{NEAREST} others at least {APART} frames away); train with --reference base")
