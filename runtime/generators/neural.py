@@ -36,23 +36,28 @@ def has_weights(package: Package) -> bool:
 class NeuralGenerator(Generator):
     name = "neural"
 
-    def __init__(self, package: Package, options: RenderOptions = RenderOptions()):
+    def __init__(self, package: Package, options: RenderOptions = RenderOptions(), network=None):
+        """``network``: a ``(LipSyncUNet, ModelConfig)`` to render with as it is (training's validation
+        renders with the model it trains); by default the package's weights, fused for inference."""
         super().__init__(package, options)
         import torch
 
         from ..neural import fuse_for_inference, load_weights
 
-        if not has_weights(package):
-            raise PackageError(f"{package.root}: no {WEIGHTS}; train one with `lipsync-pack train {package.root}`")
         if options.threads:                      # render processes: 1 each (one process per core)
             torch.set_num_threads(options.threads)
         self.device = torch.device(options.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-        model, self.cfg = load_weights(package.root / WEIGHTS, self.device)
+        if network is not None:
+            self.model, self.cfg = network
+        else:
+            if not has_weights(package):
+                raise PackageError(f"{package.root}: no {WEIGHTS}; train one with `lipsync-pack train {package.root}`")
+            model, self.cfg = load_weights(package.root / WEIGHTS, self.device)
+            self.model = fuse_for_inference(model).to(self.device)
         if self.cfg.crop != package.crops.shape[1]:
             raise PackageError(f"{package.root / WEIGHTS}: trained for {self.cfg.crop} px crops, the package has "
                                f"{package.crops.shape[1]} px; retrain with `lipsync-pack train`")
-        self.model = fuse_for_inference(model).to(self.device)
-        if options.compile:                      # 1.35x faster frames on CPU, ~30 s of compiling at start
+        if options.compile and network is None:  # 1.35x faster frames on CPU, ~30 s of compiling at start
             self.model = torch.compile(self.model)
         self._torch = torch
         self.mouth = for_package(package)

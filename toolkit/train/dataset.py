@@ -72,10 +72,7 @@ class PackageDataset(Dataset):
     """
 
     def __init__(self, package: Package, cfg: ModelConfig, augment: bool = False, seed: int = 0):
-        frames = package.usable_train_frames
-        if package.has_split and len(package.holdout_range):
-            first_held_row = mel_index(package.holdout_range.start, package.fps)
-            frames = frames[mel_index(frames, package.fps) + CONTEXT_AFTER <= first_held_row]
+        frames = training_frames(package)
         if len(frames) < 2:
             raise InputError(f"{package.root}: {len(frames)} usable training frames; training needs at least 2"
                              " (rebuild from a longer video, or one where the face is visible)")
@@ -137,6 +134,16 @@ class PackageDataset(Dataset):
         k = 2 * max(1, round(MOUTH_DILATE * px)) + 1
         mask = cv2.dilate(mask, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (k, k)))
         return mask.astype(np.float32)
+
+
+def training_frames(package: Package) -> np.ndarray:
+    """The frames training may use as targets: usable training frames whose mel window stays out of the
+    held-out tail's audio."""
+    frames = package.usable_train_frames
+    if package.has_split and len(package.holdout_range):
+        first_held_row = mel_index(package.holdout_range.start, package.fps)
+        frames = frames[mel_index(frames, package.fps) + CONTEXT_AFTER <= first_held_row]
+    return frames
 
 
 def nearest_shapes(package: Package, frames: np.ndarray) -> np.ndarray:

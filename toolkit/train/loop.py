@@ -14,18 +14,24 @@
    mouth (:mod:`toolkit.train.reader`).
 3. **Optimiser.** AdamW at a constant learning rate (the step count is not known
    in advance: the budget is wall-clock minutes).
-4. **Stopping.** At ``minutes`` of training time or ``max_steps`` steps, both
-   counted over all runs of one checkpoint, so an interrupted 15-minute run
-   resumed with ``--resume`` trains 15 minutes in all.
-5. **Checkpoints.** Every ``checkpoint_every`` steps and at the end, in the
+4. **Choosing the weights.** With ``validation`` (20 % by default), the last
+   share of the training frames is held back from everything the run fits and,
+   at step 0 and every checkpoint, the network renders it as the server would
+   and the landmark backend measures its lip sync (:mod:`toolkit.train.validate`).
+   The best check's weights are published; training stops once ``patience``
+   checks in a row have not beaten it.
+5. **Stopping.** Also at ``minutes`` of training time or ``max_steps`` steps,
+   both counted over all runs of one checkpoint (checks included), so an
+   interrupted 15-minute run resumed with ``--resume`` trains 15 minutes in all.
+6. **Checkpoints.** Every ``checkpoint_every`` steps and at the end, in the
    package's hidden ``.train/`` folder (hidden names are not part of a package):
-   ``checkpoint.safetensors`` holds the model and AdamW's moment tensors,
-   ``checkpoint.json`` the step, seconds, losses, configs and optimiser
+   ``checkpoint.safetensors`` holds the model, the best check's model and AdamW's
+   moment tensors, ``checkpoint.json`` the step, seconds, losses, checks, configs and optimiser
    hyper-parameters, and the sha256 of the tensors file it belongs with. No
    pickle. No random-generator state is needed: initialisation depends on the
    seed only, batches on ``(seed, step)`` only, so a resumed run continues
    exactly as an uninterrupted one would (with ``num_workers`` 0 or more).
-6. **Publishing.** :func:`toolkit.writer.add_file` writes the weights to
+7. **Publishing.** :func:`toolkit.writer.add_file` writes the weights to
    ``PACKAGE/neural.safetensors`` (temporary name, then rename), then rewrites
    ``manifest.json`` the same way with the file in ``files`` and the model's
    description in ``extra.neural``. A reader
@@ -37,12 +43,14 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import math
 import os
 import sys
 import time
 from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime, timezone
+from functools import partial
 from pathlib import Path
 
 import click
@@ -57,15 +65,19 @@ from tqdm import tqdm
 from runtime import cliutil
 from runtime.errors import InputError, LipsyncError, PackageError
 from runtime.files import write_atomic
-from runtime.mouth import MOUTH_FILE
+from runtime.mouth import MOUTH_FILE, for_package
 from runtime.neural.model import REFERENCES, SIZES, LipSyncUNet, ModelConfig, prepare_inputs, weights_bytes
 from runtime.package import Package, sha256_file
 from runtime.package import NEURAL_WEIGHTS as WEIGHTS  # in the package, listed in manifest files
+from toolkit.faces import create as create_backend
 from toolkit.writer import add_file
 
-from .dataset import PackageDataset, collate, step_batches
+from .dataset import PackageDataset, collate, step_batches, training_frames
 from .mouth import refit as refit_mouth
 from .reader import Reader, fit_reader
+from .validate import CONFIDENCE, MIN_SECONDS, SHARE, Selection, Validator, split
+
+log = logging.getLogger(__name__)
 
 CHECKPOINT_DIR = ".train"               # hidden: never part of the package
 CHECKPOINT = "checkpoint.safetensors"
@@ -94,6 +106,8 @@ class TrainConfig:
     shape: bool = True              # condition on the mouth-shape model's prediction (runtime.mouth)
     landmark_weight: float = 0.0    # landmark loss (toolkit.train.reader): weight of the lip points' error, px^2
     reference: str = "retrieval"    # the network's reference crop: runtime.neural.model.REFERENCES
+    validation: float = SHARE       # share of the training frames held back to choose the weights (0: off)
+    patience: int = 6               # stop after this many checks (one per checkpoint) without a better one
 
 
 @dataclass
@@ -107,6 +121,7 @@ class TrainResult:
     final_loss: float                       # mean of the last FINAL_LOSS_STEPS step losses
     ms_per_step: float                      # this run's wall time per step (nan if it took none)
     losses: list = field(default_factory=list, repr=False)
+    validation: dict | None = None          # the held-back checks (validate.Selection.to_json), None when off
 
 
 def ssim_map(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -144,26 +159,32 @@ def lipsync_loss(pred: torch.Tensor, target: torch.Tensor, mouth: torch.Tensor, 
 
 
 def save_checkpoint(folder: Path, model: LipSyncUNet, opt: torch.optim.Optimizer, state: dict,
-                    cfg: ModelConfig, config: TrainConfig, reader: Reader | None = None) -> None:
-    """Model, AdamW and landmark-reader tensors to safetensors, everything else to JSON; both written atomically."""
+                    cfg: ModelConfig, config: TrainConfig, reader: Reader | None = None,
+                    selection: Selection | None = None) -> None:
+    """Model, AdamW, landmark-reader and best-check tensors to safetensors, everything else to JSON; both
+    written atomically."""
     folder.mkdir(exist_ok=True)
     opt_state = opt.state_dict()
     tensors = {f"model.{k}": v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     if reader is not None:
         tensors.update({f"reader.{k}": v.detach().cpu().contiguous() for k, v in reader.tensors().items()})
+    if selection is not None:
+        tensors.update(selection.tensors())
     for pid, slots in opt_state["state"].items():
         tensors.update({f"optim.{pid}.{k}": torch.as_tensor(v).detach().cpu().contiguous()
                         for k, v in slots.items()})
     data = safetensors_bytes(tensors)
     write_atomic(folder / CHECKPOINT, data)
     meta = dict(state, model_config=json.loads(cfg.to_json()), train_config=asdict(config),
+                validation=selection.to_json() if selection is not None else None,
                 param_groups=opt_state["param_groups"], tensors_sha256=sha256_file(folder / CHECKPOINT))
     write_atomic(folder / CHECKPOINT_META, (json.dumps(meta) + "\n").encode())
 
 
 def load_checkpoint(folder: Path, model: LipSyncUNet, opt: torch.optim.Optimizer, cfg: ModelConfig) -> dict:
-    """Restore model and optimiser in place; return the ``step``, ``seconds``, ``losses`` state, and
-    under ``reader`` the landmark reader's tensors and info when the run had one (else None)."""
+    """Restore model and optimiser in place; return the ``step``, ``seconds``, ``losses`` state, under
+    ``reader`` the landmark reader's tensors and info when the run had one (else None), and under
+    ``validation`` the checks' record and best weights (else None)."""
     tensor_path, meta_path = folder / CHECKPOINT, folder / CHECKPOINT_META
     if not meta_path.is_file() or not tensor_path.is_file():
         raise InputError(f"{folder}: no checkpoint to resume from; train without --resume first")
@@ -197,11 +218,23 @@ def load_checkpoint(folder: Path, model: LipSyncUNet, opt: torch.optim.Optimizer
         opt.load_state_dict({"state": slots, "param_groups": groups})
         reader = {k[7:]: v for k, v in tensors.items() if k.startswith("reader.")}
         reader = (reader, dict(meta["reader"])) if reader and meta.get("reader") else None
+        validation = (meta["validation"], {k: v for k, v in tensors.items() if k.startswith("best")}
+                      ) if meta.get("validation") else None
     except (KeyError, ValueError, TypeError, RuntimeError, SafetensorError) as exc:
         reason = " ".join(str(exc).split())[:300]
         raise PackageError(f"{folder}: unusable checkpoint ({reason}); train without --resume") from None
     return {"step": int(meta["step"]), "seconds": float(meta["seconds"]), "losses": list(meta["losses"]),
-            "reader": reader}
+            "reader": reader, "validation": validation}
+
+
+def _checkpoint_validation(folder: Path) -> float | None:
+    """The validation share a checkpoint was trained with (0 before the option existed); None when its
+    JSON cannot be read (:func:`load_checkpoint` then says why)."""
+    try:
+        meta = json.loads((folder / CHECKPOINT_META).read_text(encoding="utf-8"))
+        return float(meta["train_config"].get("validation", 0.0))
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return None
 
 
 def publish(root: Path, model: LipSyncUNet, cfg: ModelConfig, config: TrainConfig, state: dict) -> tuple:
@@ -215,6 +248,7 @@ def publish(root: Path, model: LipSyncUNet, cfg: ModelConfig, config: TrainConfi
         "final_loss": round(final_loss, 6) if math.isfinite(final_loss) else None,
         "trained": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
         **({"landmark_reader": state["reader"]} if state.get("reader") else {}),
+        **({"validation": state["validation"]} if state.get("validation") else {}),
     })
     return root / WEIGHTS, digest
 
@@ -256,21 +290,31 @@ def train(package_path: str | Path, config: TrainConfig = TrainConfig(), resume:
         raise InputError(f"size {config.size!r}: expected one of {', '.join(sorted(SIZES))}")
     if config.reference not in REFERENCES:
         raise InputError(f"reference {config.reference!r}: expected one of {', '.join(sorted(REFERENCES))}")
-    shape_model = refit_mouth(root)     # the mouth-shape model follows the package's current frames
+    if not 0 <= config.validation < 1:
+        raise InputError(f"validation {config.validation}: expected a share from 0 (off) to below 1")
+    if resume:
+        saved = _checkpoint_validation(root / CHECKPOINT_DIR)
+        if saved is not None and saved != config.validation:
+            raise InputError(f"{root / CHECKPOINT_DIR}: the checkpoint held back {saved:g} of the training frames "
+                             f"for validation; pass --validation {saved:g} or drop --resume")
+    refit_mouth(root)                   # the package's mouth-shape model follows its current frames
     package = Package.open(root)
+    held = split(package, config.validation, training_frames(package))
+    view = held[0] if held else package     # what this run trains on: without the validation block
+    shape_model = for_package(view)
     cfg, device = replace(SIZES[config.size], reference=config.reference), torch.device(config.device)
     if config.shape:
-        cfg = shape_config(cfg, shape_model, package)
+        cfg = shape_config(cfg, shape_model, view)
     torch.set_num_threads(config.threads or len(os.sched_getaffinity(0)))
     torch.manual_seed(config.seed)
     model = LipSyncUNet(cfg).to(device)
     opt = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
-    state = {"step": 0, "seconds": 0.0, "losses": [], "reader": None}
+    state = {"step": 0, "seconds": 0.0, "losses": [], "reader": None, "validation": None}
     if resume:
         state = load_checkpoint(root / CHECKPOINT_DIR, model, opt, cfg)
         for group in opt.param_groups:          # this run's hyper-parameters win
             group.update(lr=config.lr, weight_decay=config.weight_decay)
-    data = PackageDataset(package, cfg, augment=config.augment, seed=config.seed)
+    data = PackageDataset(view, cfg, augment=config.augment, seed=config.seed)
     reader, true_coef = None, None
     if config.landmark_weight > 0:
         if state["reader"] is not None:                 # the resumed run's reader, exactly
@@ -285,6 +329,21 @@ def train(package_path: str | Path, config: TrainConfig = TrainConfig(), resume:
     elif state["reader"] is not None:
         raise InputError(f"{root / CHECKPOINT_DIR}: the checkpoint was trained with a landmark loss; "
                          "pass --landmark-loss again or drop --resume")
+    validator, selection = None, None
+    if held:
+        log.info("holding back %d training frames (%.1f s) to choose the weights by lip sync",
+                 len(held[1]), len(held[1]) / package.fps)
+        validator = Validator(view, held[1], create_backend("dlib"), device)
+        if state["validation"]:
+            selection = Selection.from_checkpoint(*state["validation"])
+        else:
+            selection = Selection(config.validation, len(held[1]), config.patience, [])
+            _check(selection, validator, model, cfg, state["step"], progress)
+        selection.patience = config.patience
+    elif config.validation:
+        log.warning("%s: too few training frames to hold back %g of them for validation (the block would last "
+                    "under %g s, too short to tell weights apart): training on all of them and keeping the last "
+                    "weights", root, config.validation, MIN_SECONDS)
     loader = DataLoader(data, batch_sampler=step_batches(len(data), config.batch, config.seed, state["step"]),
                         num_workers=config.num_workers, collate_fn=collate)
     max_steps = math.inf if config.max_steps is None else config.max_steps
@@ -293,7 +352,7 @@ def train(package_path: str | Path, config: TrainConfig = TrainConfig(), resume:
                disable=not progress, dynamic_ncols=True, desc=f"train {cfg.size}")
     model.train()
     batches, start, smooth = iter(loader), time.perf_counter(), None
-    while state["step"] < max_steps and state["seconds"] < budget:
+    while state["step"] < max_steps and state["seconds"] < budget and not (selection and selection.stop):
         batch = next(batches)
         images, mel, target = prepare_inputs(batch["reference"].to(device), batch["target"].to(device),
                                              batch["mel"].to(device), cfg)
@@ -310,9 +369,13 @@ def train(package_path: str | Path, config: TrainConfig = TrainConfig(), resume:
         value = loss.detach().item()
         state["losses"].append(value)
         state["step"] += 1
-        state["seconds"] = seconds_before + time.perf_counter() - start
         if state["step"] % config.checkpoint_every == 0:
-            save_checkpoint(root / CHECKPOINT_DIR, model, opt, state, cfg, config, reader)
+            if selection is not None:
+                _check(selection, validator, model, cfg, state["step"], progress)
+                state["validation"] = selection.to_json()
+            state["seconds"] = seconds_before + time.perf_counter() - start
+            save_checkpoint(root / CHECKPOINT_DIR, model, opt, state, cfg, config, reader, selection)
+        state["seconds"] = seconds_before + time.perf_counter() - start
         smooth = value if smooth is None else 0.95 * smooth + 0.05 * value
         per_step = (time.perf_counter() - start) / (state["step"] - first_step)
         left = min(max_steps - state["step"], max(budget - state["seconds"], 0) / per_step)
@@ -322,11 +385,33 @@ def train(package_path: str | Path, config: TrainConfig = TrainConfig(), resume:
     bar.close()
     ran = state["step"] - first_step
     ms_per_step = (time.perf_counter() - start) / ran * 1e3 if ran else float("nan")
-    save_checkpoint(root / CHECKPOINT_DIR, model, opt, state, cfg, config, reader)
+    if selection is not None and selection.history[-1]["step"] != state["step"]:
+        _check(selection, validator, model, cfg, state["step"], progress)       # the last weights too
+    if selection is not None:
+        state["validation"] = selection.to_json()
+        state["seconds"] = seconds_before + time.perf_counter() - start
+    save_checkpoint(root / CHECKPOINT_DIR, model, opt, state, cfg, config, reader, selection)
+    if selection is not None:
+        model.load_state_dict(selection.weights)           # publish the best check's weights
     path, digest = publish(root, model.eval(), cfg, config, state)
     final = float(np.mean(state["losses"][-FINAL_LOSS_STEPS:])) if state["losses"] else float("nan")
     return TrainResult(weights=path, sha256=digest, steps=state["step"], seconds=state["seconds"],
-                       final_loss=final, ms_per_step=ms_per_step, losses=state["losses"])
+                       final_loss=final, ms_per_step=ms_per_step, losses=state["losses"],
+                       validation=state["validation"])
+
+
+def _check(selection: Selection, validator: Validator, model: LipSyncUNet, cfg: ModelConfig, step: int,
+           progress: bool) -> None:
+    """Score the weights on the validation block and keep them if they clearly beat the best so far."""
+    best = selection.best
+    score = validator.score(model, cfg, step)
+    wins = selection.add(score, model, validator)
+    say = partial(tqdm.write, file=sys.stderr) if progress else log.info
+    verdict = ("" if best is None else
+               f"; beats step {best['step']} (r {best['opening_r']:.3f}) in {wins:.0%} of resamples: "
+               + ("kept" if selection.best["step"] == step else f"not kept (needs {CONFIDENCE:.0%})"))
+    say(f"step {step}: held-back opening r {score.opening_r:.3f}, LMD {score.lmd_px:.2f} px, checked in "
+        f"{score.seconds:.1f} s{verdict}")
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})   # variables: LIPSYNC_PACK_TRAIN_*
@@ -352,11 +437,17 @@ def train(package_path: str | Path, config: TrainConfig = TrainConfig(), resume:
               help="The network's reference image. retrieval: the retrieval tier's output, which the network "
                    "learns to change (it starts as retrieval). base: the frame itself (a random other frame in "
                    "training), so the mouth comes from the audio alone.")
+@click.option("--validation", type=click.FloatRange(0, 1, max_open=True), default=SHARE, show_default=True,
+              help="Share of the training frames (the last ones) held back: the weights kept are those whose "
+                   "mouths follow that audio best, and training stops when they stop improving. 0: off, "
+                   "train on every frame and keep the last weights.")
+@click.option("--patience", type=click.IntRange(min=1), default=6, show_default=True,
+              help="With --validation: stop after this many checks (one per checkpoint) without a better one.")
 @click.option("--mouth-only", is_flag=True,
               help="Only refit the mouth-shape model (seconds; upgrades a package built before format 1.1).")
 @cliutil.logging_options("No progress bar; warnings and errors only.")
 def main(package, size, device, batch, lr, minutes, max_steps, seed, checkpoint_every, workers, resume, shape,
-         landmark_loss, reference, mouth_only, quiet, log_level):
+         landmark_loss, reference, validation, patience, mouth_only, quiet, log_level):
     """Train the neural generator on PACKAGE and store neural.safetensors in it.
 
     The package's mouth-shape model (mouth.safetensors) is refitted first.
@@ -374,13 +465,23 @@ def main(package, size, device, batch, lr, minutes, max_steps, seed, checkpoint_
     try:
         config = TrainConfig(size=size, device=device, batch=batch, lr=lr, minutes=minutes, max_steps=max_steps,
                              seed=seed, checkpoint_every=checkpoint_every, num_workers=workers, shape=shape,
-                             landmark_weight=landmark_loss, reference=reference)
+                             landmark_weight=landmark_loss, reference=reference, validation=validation,
+                             patience=patience)
         result = train(package, config, resume=resume, progress=not quiet and sys.stderr.isatty())
     except LipsyncError as exc:
         click.echo(f"error: {exc}", err=True)
         sys.exit(exc.exit_code)
     click.echo(f"{result.weights}: {result.steps} steps, {result.seconds:.0f} s, final loss {result.final_loss:.4f},"
                f" {result.ms_per_step:.0f} ms/step")
+    if result.validation:
+        v, first = result.validation, result.validation["history"][0]
+        best, why = v["best"], ("stopped early: " if v["since_best"] >= v["patience"] else "")
+        click.echo(f"{why}kept the weights of step {best['step']}: on {v['frames']} held-back frames their mouth "
+                   f"opening follows the real one at r {best['opening_r']:.3f} (step {first['step']}: "
+                   f"{first['opening_r']:.3f}), LMD {best['lmd_px']:.2f} px")
+        if best["step"] == first["step"] and reference == "retrieval" and first["step"] == 0:
+            click.echo("note: the network never beat the retrieval tier it starts from; `lipsync-serve --generator "
+                       "retrieval,static` serves the same mouths at a quarter of the cost", err=True)
 
 
 if __name__ == "__main__":
