@@ -352,6 +352,10 @@ def train(package_path: str | Path, config: TrainConfig = TrainConfig(), resume:
                disable=not progress, dynamic_ncols=True, desc=f"train {cfg.size}")
     model.train()
     batches, start, smooth = iter(loader), time.perf_counter(), None
+
+    def elapsed() -> float:             # training seconds over all runs, the checks after step 0 included
+        return seconds_before + time.perf_counter() - start
+
     while state["step"] < max_steps and state["seconds"] < budget and not (selection and selection.stop):
         batch = next(batches)
         images, mel, target = prepare_inputs(batch["reference"].to(device), batch["target"].to(device),
@@ -373,9 +377,9 @@ def train(package_path: str | Path, config: TrainConfig = TrainConfig(), resume:
             if selection is not None:
                 _check(selection, validator, model, cfg, state["step"], progress)
                 state["validation"] = selection.to_json()
-            state["seconds"] = seconds_before + time.perf_counter() - start
-            save_checkpoint(root / CHECKPOINT_DIR, model, opt, state, cfg, config, reader, selection)
-        state["seconds"] = seconds_before + time.perf_counter() - start
+            save_checkpoint(root / CHECKPOINT_DIR, model, opt, dict(state, seconds=elapsed()), cfg, config, reader,
+                            selection)
+        state["seconds"] = elapsed()
         smooth = value if smooth is None else 0.95 * smooth + 0.05 * value
         per_step = (time.perf_counter() - start) / (state["step"] - first_step)
         left = min(max_steps - state["step"], max(budget - state["seconds"], 0) / per_step)
@@ -389,7 +393,7 @@ def train(package_path: str | Path, config: TrainConfig = TrainConfig(), resume:
         _check(selection, validator, model, cfg, state["step"], progress)       # the last weights too
     if selection is not None:
         state["validation"] = selection.to_json()
-        state["seconds"] = seconds_before + time.perf_counter() - start
+        state["seconds"] = elapsed()
     save_checkpoint(root / CHECKPOINT_DIR, model, opt, state, cfg, config, reader, selection)
     if selection is not None:
         model.load_state_dict(selection.weights)           # publish the best check's weights
@@ -438,11 +442,13 @@ def _check(selection: Selection, validator: Validator, model: LipSyncUNet, cfg: 
                    "learns to change (it starts as retrieval). base: the frame itself (a random other frame in "
                    "training), so the mouth comes from the audio alone.")
 @click.option("--validation", type=click.FloatRange(0, 1, max_open=True), default=SHARE, show_default=True,
-              help="Share of the training frames (the last ones) held back: the weights kept are those whose "
-                   "mouths follow that audio best, and training stops when they stop improving. 0: off, "
-                   "train on every frame and keep the last weights.")
+              help="Share of the training frames (the last ones) held back: at each checkpoint the network's "
+                   "mouths on that audio are measured, the weights kept are those that clearly follow it best, "
+                   "and training stops when none does any more. 0: off, train on every frame and keep the last "
+                   "weights.")
 @click.option("--patience", type=click.IntRange(min=1), default=6, show_default=True,
-              help="With --validation: stop after this many checks (one per checkpoint) without a better one.")
+              help="With --validation: stop after this many checks (one per checkpoint) in a row that do not "
+                   "clearly beat the best.")
 @click.option("--mouth-only", is_flag=True,
               help="Only refit the mouth-shape model (seconds; upgrades a package built before format 1.1).")
 @cliutil.logging_options("No progress bar; warnings and errors only.")
