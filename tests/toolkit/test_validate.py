@@ -63,6 +63,7 @@ def test_an_untrained_network_is_scored_as_retrieval(built):
     assert len(crops) == len(block) and all(np.array_equal(a, b) for a, b in zip(crops, expected))
     score = validator.score(LipSyncUNet(cfg), cfg, 0)
     assert 0.2 < score.opening_r <= 1 and score.lmd_px > 0       # retrieval follows the speech somewhat
+    assert 0.5 < score.articulation < 2                            # and opens about as widely as the speaker
     # a check must beat the best on nearly every paired resample: the real mouths beat retrieval's,
     # retrieval's do not beat the real ones, and a copy does not beat itself
     real = validator.real_opening

@@ -414,8 +414,8 @@ def _check(selection: Selection, validator: Validator, model: LipSyncUNet, cfg: 
     verdict = ("" if best is None else
                f"; beats step {best['step']} (r {best['opening_r']:.3f}) in {wins:.0%} of resamples: "
                + ("kept" if selection.best["step"] == step else f"not kept (needs {CONFIDENCE:.0%})"))
-    say(f"step {step}: held-back opening r {score.opening_r:.3f}, LMD {score.lmd_px:.2f} px, checked in "
-        f"{score.seconds:.1f} s{verdict}")
+    say(f"step {step}: held-back opening r {score.opening_r:.3f}, LMD {score.lmd_px:.2f} px, articulation "
+        f"{score.articulation:.2f}, checked in {score.seconds:.1f} s{verdict}")
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})   # variables: LIPSYNC_PACK_TRAIN_*

@@ -17,7 +17,8 @@ a validation block, and picks the weights by how well they do there:
    the model being trained: each frame on its own real base frame, the retrieval
    reference picked from the audio with continuity), measures the mouths with
    the landmark backend ``lipsync-eval`` uses (dlib), and scores the opening's
-   correlation with the real frames' (higher is better), with the mouth LMD.
+   correlation with the real frames' (higher is better), with the mouth LMD and
+   the articulation (the opening's spread over the real one's; informative).
 3. **Choice.** Step 0 is scored first. With a retrieval reference the untrained
    network renders exactly the retrieval tier's frame, so step 0 is retrieval's
    score. A later check replaces the best one only if its opening correlation
@@ -97,11 +98,13 @@ class Score:
     step: int
     opening_r: float            # correlation of the rendered mouths' opening with the real frames'
     lmd_px: float               # mean mouth LMD against the real frames (crop pixels)
+    articulation: float         # spread (std) of the rendered mouths' opening over the real ones'
     seconds: float = 0.0        # time the check took
     opening: np.ndarray | None = field(default=None, repr=False)     # per block frame, for the comparison
 
     def row(self) -> dict:
-        return {"step": self.step, "opening_r": round(self.opening_r, 4), "lmd_px": round(self.lmd_px, 3)}
+        return {"step": self.step, "opening_r": round(self.opening_r, 4), "lmd_px": round(self.lmd_px, 3),
+                "articulation": round(self.articulation, 3)}
 
 
 class Validator:
@@ -144,7 +147,7 @@ class Validator:
         lm = np.stack([self.meter.measure(c, int(t)) for c, t in zip(crops, self.block)])
         opening = mouth_opening(lm)
         return Score(step, pearson(opening, self.real_opening), float(lmd_per_frame(lm, self.real).mean()),
-                     time.perf_counter() - t0, opening)
+                     float(opening.std() / max(self.real_opening.std(), 1e-9)), time.perf_counter() - t0, opening)
 
     def wins(self, opening: np.ndarray, best: np.ndarray) -> float:
         """The share of the block's paired moving-block resamples (:mod:`toolkit.evaluate.stats`) in which
