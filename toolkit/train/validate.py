@@ -37,7 +37,6 @@ Below that, validation is off and the last weights are kept.
 from __future__ import annotations
 
 import copy
-import logging
 import time
 from dataclasses import dataclass, field
 
@@ -53,8 +52,6 @@ from runtime.package import Package
 from runtime.stream import frame_window
 from toolkit.evaluate.quality import MouthMeter, lmd_per_frame, mouth_opening, pearson
 from toolkit.evaluate.stats import block_indices, correlation
-
-log = logging.getLogger(__name__)
 
 SHARE = 0.2                 # default share of the training frames held back
 MIN_SECONDS = 5.0           # a shorter block cannot tell checkpoints apart: validation is off
@@ -77,10 +74,9 @@ def split(package: Package, share: float, usable: np.ndarray) -> tuple[Package, 
     ``holdout_frames [b0, stop)``, with a mouth-shape model fitted on its training frames only;
     ``block`` is the usable frames from ``b0`` on.
     """
-    if share <= 0:
+    if share <= 0 or not len(usable):
         return None
-    first = int(usable[0])
-    b0 = int(usable[int(round(len(usable) * (1 - share)))]) if len(usable) else first
+    b0 = int(usable[int(round(len(usable) * (1 - share)))])
     block = usable[usable >= b0]
     if len(block) < MIN_SECONDS * package.fps:
         return None
