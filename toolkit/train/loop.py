@@ -183,8 +183,9 @@ def save_checkpoint(folder: Path, model: LipSyncUNet, opt: torch.optim.Optimizer
 
 def load_checkpoint(folder: Path, model: LipSyncUNet, opt: torch.optim.Optimizer, cfg: ModelConfig) -> dict:
     """Restore model and optimiser in place; return the ``step``, ``seconds``, ``losses`` state, under
-    ``reader`` the landmark reader's tensors and info when the run had one (else None), and under
-    ``validation`` the checks' record and best weights (else None)."""
+    ``reader`` the landmark reader's tensors and info when the run had one (else None), under
+    ``validation`` the checks' record (JSON, else None) and under ``checks`` that record with the best
+    check's tensors, for :meth:`Selection.from_checkpoint` (else None)."""
     tensor_path, meta_path = folder / CHECKPOINT, folder / CHECKPOINT_META
     if not meta_path.is_file() or not tensor_path.is_file():
         raise InputError(f"{folder}: no checkpoint to resume from; train without --resume first")
@@ -218,13 +219,13 @@ def load_checkpoint(folder: Path, model: LipSyncUNet, opt: torch.optim.Optimizer
         opt.load_state_dict({"state": slots, "param_groups": groups})
         reader = {k[7:]: v for k, v in tensors.items() if k.startswith("reader.")}
         reader = (reader, dict(meta["reader"])) if reader and meta.get("reader") else None
-        validation = (meta["validation"], {k: v for k, v in tensors.items() if k.startswith("best")}
-                      ) if meta.get("validation") else None
+        checks = (meta["validation"], {k: v for k, v in tensors.items() if k.startswith("best")}
+                  ) if meta.get("validation") else None
     except (KeyError, ValueError, TypeError, RuntimeError, SafetensorError) as exc:
         reason = " ".join(str(exc).split())[:300]
         raise PackageError(f"{folder}: unusable checkpoint ({reason}); train without --resume") from None
     return {"step": int(meta["step"]), "seconds": float(meta["seconds"]), "losses": list(meta["losses"]),
-            "reader": reader, "validation": validation}
+            "reader": reader, "validation": meta.get("validation"), "checks": checks}
 
 
 def _checkpoint_validation(folder: Path) -> float | None:
@@ -310,8 +311,10 @@ def train(package_path: str | Path, config: TrainConfig = TrainConfig(), resume:
     model = LipSyncUNet(cfg).to(device)
     opt = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     state = {"step": 0, "seconds": 0.0, "losses": [], "reader": None, "validation": None}
+    checks = None                       # a resumed run's record of checks and best weights
     if resume:
         state = load_checkpoint(root / CHECKPOINT_DIR, model, opt, cfg)
+        checks = state.pop("checks")
         for group in opt.param_groups:          # this run's hyper-parameters win
             group.update(lr=config.lr, weight_decay=config.weight_decay)
     data = PackageDataset(view, cfg, augment=config.augment, seed=config.seed)
@@ -334,8 +337,8 @@ def train(package_path: str | Path, config: TrainConfig = TrainConfig(), resume:
         log.info("holding back %d training frames (%.1f s) to choose the weights by lip sync",
                  len(held[1]), len(held[1]) / package.fps)
         validator = Validator(view, held[1], create_backend("dlib"), device)
-        if state["validation"]:
-            selection = Selection.from_checkpoint(*state["validation"])
+        if checks:
+            selection = Selection.from_checkpoint(*checks)
         else:
             selection = Selection(config.validation, len(held[1]), config.patience, [])
             _check(selection, validator, model, cfg, state["step"], progress)

@@ -120,13 +120,16 @@ class Validator:
         self.real_opening = mouth_opening(self.real)
         self.mels = [frame_window(view.mel, int(t), view.fps) for t in self.block]
         self.idx = block_indices(len(self.block), view.fps)     # 1 s blocks, seeded: the same every check
+        self._tier: NeuralGenerator | None = None               # built once per model: its retrieval keys
 
     def render(self, model: LipSyncUNet, cfg: ModelConfig) -> list[np.ndarray]:
         """The block's frames as the neural tier serves them with ``model`` (left in the mode it was in)."""
         was_training = model.training
         model.eval()
         try:
-            tier = NeuralGenerator(self.view, RenderOptions(device=str(self.device)), network=(model, cfg))
+            if self._tier is None or self._tier.model is not model or self._tier.cfg != cfg:
+                self._tier = NeuralGenerator(self.view, RenderOptions(device=str(self.device)), network=(model, cfg))
+            tier = self._tier
             state = tier.new_state()        # one session over the block: the retrieval picks' continuity
             crops = []
             for start in range(0, len(self.block), BATCH):
