@@ -97,6 +97,8 @@ class NeuralGenerator(Generator):
             out = list(to_crops(pred, refs, self.cfg, change_from=images[:, :3]))
         else:
             out = list(to_crops(pred, crops, self.cfg))
-        # easing into or out of silence: fade towards the resting mouth
+        if self.retrieval:        # retrieval's pick already moved ``rest`` of the way to the resting mouth
+            return out
+        # a base-frame reference has no mouth of its own to rest: fade towards the resting mouth
         return [blend(o, resting(self.package, r.base), r.rest) if r.rest > 0 else o
                 for o, r in zip(out, requests)]

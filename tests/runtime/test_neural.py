@@ -153,7 +153,8 @@ def test_base_reference_rests_the_mouth_in_silence(trained_base):
 
 
 def test_an_untrained_retrieval_reference_model_serves_retrievals_frame(built, tmp_path, speech):
-    """The residual model starts at zero change: before training, neural shows exactly what retrieval shows."""
+    """The residual model starts at zero change: before training, neural shows exactly what retrieval shows,
+    easing into and out of pauses included (one move towards the resting mouth, not two)."""
     import torch
 
     from runtime.generators.retrieval import RetrievalGenerator
@@ -170,7 +171,7 @@ def test_an_untrained_retrieval_reference_model_serves_retrievals_frame(built, t
     pkg = Package.open(root)
     gen, retrieval = NeuralGenerator(pkg), RetrievalGenerator(pkg)
     ours, theirs = gen.new_state(), retrieval.new_state()
-    for base, mel in zip(range(30, 36), windows(speech, 6)):
-        out = gen.render([Request(base, mel, ours)])[0]
-        expected = retrieval.render([Request(base, mel, theirs)])[0]
+    for base, mel, rest in zip(range(30, 36), windows(speech, 6), (0.0, 0.4, 0.8, 1.0, 0.6, 0.2)):
+        out = gen.render([Request(base, mel, ours, rest)])[0]
+        expected = retrieval.render([Request(base, mel, theirs, rest)])[0]
         assert np.abs(out.astype(int) - expected.astype(int)).max() <= 1       # rounding only
