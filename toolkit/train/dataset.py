@@ -109,7 +109,7 @@ class PackageDataset(Dataset):
         if self.sources is None:
             reference = self.window(r, rx, ry)
         else:       # the target's own face, lined up with it, as the served reference is the base frame's
-            reference = self.window(t, tx, ty, transplant(self.package, t, r))
+            reference = cut(transplant(self.package, t, r), tx, ty, self.cfg.inner)
         return {
             "reference": reference,
             "target": self.window(t, tx, ty),
@@ -119,11 +119,9 @@ class PackageDataset(Dataset):
             "reference_frame": r,
         }
 
-    def window(self, frame: int, x: int, y: int, crop: np.ndarray | None = None) -> np.ndarray:
-        """The inner-sized window starting at (x, y) of frame's crop (or of ``crop``), as a new array."""
-        n = self.cfg.inner
-        source = self.package.crops[frame] if crop is None else crop
-        return np.array(source[y:y + n, x:x + n])
+    def window(self, frame: int, x: int, y: int) -> np.ndarray:
+        """The inner-sized window starting at (x, y) of package frame ``frame``'s crop, as a new array."""
+        return cut(self.package.crops[frame], x, y, self.cfg.inner)
 
     def _mouth(self, frame: int, x: int, y: int) -> np.ndarray:
         """1 on the lip hull of ``frame``, dilated, at model resolution (window origin (x, y))."""
@@ -134,6 +132,11 @@ class PackageDataset(Dataset):
         k = 2 * max(1, round(MOUTH_DILATE * px)) + 1
         mask = cv2.dilate(mask, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (k, k)))
         return mask.astype(np.float32)
+
+
+def cut(image: np.ndarray, x: int, y: int, size: int) -> np.ndarray:
+    """The ``size`` x ``size`` window of ``image`` starting at (x, y), as a new array."""
+    return np.array(image[y:y + size, x:x + size])
 
 
 def training_frames(package: Package) -> np.ndarray:
