@@ -98,6 +98,13 @@ def test_holdout_tail_recorded(built):
     assert m["split"]["train_frames"] == [0, n - round(0.15 * n)]
 
 
+def test_short_footage_gets_advice_to_record_longer(built):
+    """A 20 s clip trains its mouth on 17 s: the summary advises minutes (the footage curve rose at 39 s)."""
+    notes = built("German_20s").manifest["quality"]["notes"]
+    advice = [n for n in notes if "mouth-shape model learned from 17 s" in n]
+    assert len(advice) == 1 and "record 3-5 minutes" in advice[0]
+
+
 def test_boxes_are_square_and_in_source_pixels(built):
     pkg = Package.open(built("demo2_video").path)
     boxes = np.asarray(pkg.boxes)

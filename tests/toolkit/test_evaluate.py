@@ -12,14 +12,17 @@ import numpy as np
 import pytest
 
 from runtime import mouth
+from runtime.mouth import fit_frames, for_package as mouth_model, normalise, opening_of
 from runtime.package import Package
 from runtime.render import HOLD_FRAMES
 from runtime.protocol import SampleFormat
 from runtime.schema import iter_errors, load_schema
+from runtime.stream import window_features
 from tests.conftest import AUDIO, ROOT, VIDEOS, ffmpeg, link_package
 from toolkit.evaluate import quality
+from toolkit.evaluate.footage import footage_curve
 from toolkit.evaluate.run import EvalConfig, evaluate
-from toolkit.evaluate.report import SCHEMA_PATH
+from toolkit.evaluate.report import SCHEMA_PATH, footage_line
 from toolkit.faces import create as create_backend
 
 EVAL = [sys.executable, "-m", "toolkit.evaluate.cli"]
@@ -87,6 +90,7 @@ def test_eval_with_eng_wav(anchor, tmp_path):
     assert set(s) == {"video", "audio"}
     assert abs(s["video"] - seconds) < 0.1 and abs(s["audio"] - s["video"]) < 0.1
     assert report["machine"]["cores"] >= 1
+    assert report["footage"] is None                       # no held-out frames to score a footage curve on
 
 
 def test_holdout_side_by_side(anchor, tmp_path):
@@ -115,6 +119,30 @@ def test_holdout_side_by_side(anchor, tmp_path):
     assert metrics == {("static", "retrieval", "opening_correlation"), ("static", "retrieval", "lmd_px")}
     assert (result.path / "output.mp4").is_file() and (result.path / "output-retrieval.mp4").is_file()
     assert max(gens["retrieval"]["tiers"]) == "retrieval"
+    # would more footage help: the mouth model refitted on growing stretches, scored on the tail
+    footage = report["footage"]
+    points = footage["points"]
+    assert [p["share"] for p in points] == [0.125, 0.25, 0.5, 1.0] and "plots/footage.png" in report["files"]["plots"]
+    assert all(p["ci95"][0] <= p["value"] <= p["ci95"][1] for p in points)
+    assert points[-1]["stretches"] == 1 and all(p["stretches"] == 4 for p in points[:-1])
+    # all of the footage is the package's own model: the same prediction, the same score
+    model, tail = mouth_model(pkg), np.arange(pkg.holdout_range.start, pkg.holdout_range.stop)
+    truth = opening_of(normalise(np.asarray(pkg.landmarks)[tail], model.reference), model.reference)
+    own = model.opening(model.predict(window_features(np.asarray(pkg.mel), tail, pkg.fps), restore=False))
+    assert points[-1]["seconds"] == len(fit_frames(pkg.flags, pkg.train_range.stop)) / pkg.fps
+    assert abs(points[-1]["value"] - np.corrcoef(own, truth)[0, 1]) < 1e-3
+    assert footage["tail_frames"] == len(tail) and "Would more footage help?" in (result.path / "report.html").read_text()
+    line = footage_line(footage)                           # the CLI's footage line
+    assert line.count(" -> ") == 3 and line.endswith("per doubling of the footage")
+
+
+def test_more_footage_predicts_the_held_out_mouth_better_on_cnn(built):
+    """On cnn_71s's 32 s tail the curve rises: 39 s of footage predict the tail's mouth better than 5 s do."""
+    footage = footage_curve(Package.open(built("cnn_71s").path))
+    first, last = footage["points"][0], footage["points"][-1]
+    assert last["seconds"] > 35 and first["seconds"] < 6
+    assert last["value"] > first["value"] + 0.1 and footage["per_doubling"] > 0.02
+    assert footage_curve(Package.open(built("face_1").path)) is None      # no held-out tail to score on
 
 
 @pytest.fixture(scope="module")

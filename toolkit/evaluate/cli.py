@@ -48,7 +48,7 @@ def main(package, audio, holdout, reference, generator, server, syncnet_weights,
     """Evaluate PACKAGE: per-stage latency, quality measures, an output video and an HTML report."""
     try:
         from .run import EvalConfig, evaluate
-        from .report import format_ci, format_offset
+        from .report import footage_line, format_ci, format_offset
     except ModuleNotFoundError as exc:
         cliutil.exit_missing_extra(exc, "eval")
 
@@ -92,6 +92,8 @@ def main(package, audio, holdout, reference, generator, server, syncnet_weights,
         click.echo(line)
     for c in r.get("comparisons", []):
         click.echo(f"{c['metric']:<20} {c['a']} - {c['b']}: {format_ci(c['difference'], c['ci95'])}  {c['verdict']}")
+    if r.get("footage"):
+        click.echo(f"footage    mouth model on the held-out tail: {footage_line(r['footage'])}")
     click.echo(f"time       {result.seconds:.1f}s")
 
 

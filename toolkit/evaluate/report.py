@@ -25,7 +25,7 @@ from runtime.stream import IDLE_RMS, LOOKAHEAD_MS
 from .. import __version__
 
 FORMAT = "lipsync-eval-report"
-FORMAT_VERSION = "2.0"     # 2.0: sync_offset replaced av_offset; intervals, articulation, silence, comparisons
+FORMAT_VERSION = "2.1"     # 2.0: sync_offset replaced av_offset; intervals, articulation, silence, comparisons; 2.1: footage
 SCHEMA_PATH = Path(__file__).with_name("report.schema.json")
 PCTS = (50, 95, 99)
 
@@ -76,8 +76,11 @@ def _generator_entry(run, q, seconds_audio: float) -> dict:
 
 
 def write_report(folder: Path, pkg, audio_desc: str, samples: np.ndarray, config, results: dict,
-                 envelope: np.ndarray, rms: np.ndarray, seconds: float, comparisons: list | None = None) -> dict:
-    """Write report.json, plots and report.html into ``folder``; returns the report."""
+                 envelope: np.ndarray, rms: np.ndarray, seconds: float, comparisons: list | None = None,
+                 footage: dict | None = None) -> dict:
+    """Write report.json, plots and report.html into ``folder``; returns the report.
+
+    ``footage``: :func:`toolkit.evaluate.footage.footage_curve` (self-reenactment only)."""
     fps = pkg.fps
     audio_s = len(samples) / SAMPLE_RATE
     gens = {name: _generator_entry(run, q, audio_s) for name, (run, q) in results.items()}
@@ -100,6 +103,7 @@ def write_report(folder: Path, pkg, audio_desc: str, samples: np.ndarray, config
         "quality": first["quality"],
         "generators": gens,
         "comparisons": comparisons or [],
+        "footage": footage,
         "machine": machine(),
         "seconds": round(seconds, 2),
         "files": {"html": "report.html", "video": "output.mp4", "plots": []},
@@ -108,6 +112,8 @@ def write_report(folder: Path, pkg, audio_desc: str, samples: np.ndarray, config
     plots.mkdir(exist_ok=True)
     report["files"]["plots"] = _plots(plots, results, envelope, rms, fps)
     report["files"]["plots"].append(_contact_sheet(plots, results))
+    if footage:
+        report["files"]["plots"].append(_footage_plot(plots, footage))
     write_atomic(folder / "report.json", json.dumps(report, indent=1, allow_nan=False).encode("utf-8"))
     write_atomic(folder / "report.html", _html(report).encode("utf-8"))
     return report
@@ -156,6 +162,33 @@ def _plots(folder: Path, results: dict, envelope, rms, fps) -> list[str]:
                        "correlation with the predicted mouth", "sync: measured mouth against the mouth the audio predicts",
                        folder / "sync_curve.png"))
     return out
+
+
+def _footage_plot(folder: Path, footage: dict) -> str:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    pts = footage["points"]
+    x = [p["seconds"] for p in pts]
+    y = np.array([p["value"] for p in pts])
+    err = np.abs(np.array([p["ci95"] for p in pts], np.float64).T - y)
+    fig, ax = plt.subplots(figsize=(7, 3.4))
+    ax.errorbar(x, y, yerr=err, marker="o", ms=4, capsize=3, lw=1,
+                label=(f"{footage['per_doubling']:+.3f} per doubling of the footage"
+                       if footage["per_doubling"] is not None else "one length only"))
+    ax.set_xscale("log", base=2)
+    ax.set_xticks(x, [f"{v:.3g} s" for v in x])
+    ax.minorticks_off()
+    return _finish(fig, ax, "seconds of the speaker's footage the mouth-shape model learned from",
+                   "held-out opening correlation", "would more footage help? (95 % CI)", folder / "footage.png")
+
+
+def footage_line(footage: dict) -> str:
+    """'0.37 (4.9 s) -> 0.45 (9.8 s) -> 0.53 (39 s): +0.052 per doubling of the footage'."""
+    steps = " -> ".join(f"{p['value']:.2f} ({p['seconds']:g} s)" for p in footage["points"])
+    slope = footage["per_doubling"]
+    return steps + (f": {slope:+.3f} per doubling of the footage" if slope is not None else "")
 
 
 def format_offset(s: dict) -> str:
@@ -217,6 +250,20 @@ def _fmt(v) -> str:
 def _art(g: dict, key: str) -> tuple:
     a = g["quality"].get("articulation")
     return (a[key]["value"], a[key]["ci95"]) if a else (None, None)
+
+
+def _footage_html(footage: dict | None) -> str:
+    if not footage:
+        return ""
+    rows = "".join(f"<tr><td>{p['seconds']:g} s ({p['stretches']} stretch{'es' if p['stretches'] > 1 else ''})</td>"
+                   f"<td>{format_ci(p['value'], p['ci95'])}</td></tr>" for p in footage["points"])
+    return ("<h2>Would more footage help?</h2><p>The package's mouth-shape model, refitted on shorter stretches of "
+            "the training footage, predicting the held-out mouth opening from the held-out audio (correlation with "
+            "the real landmarks, 95 % CI). Retrieval and the neural tier follow the speech only as well as this "
+            f"model does. Each doubling of the footage added {html.escape(_fmt(footage['per_doubling']))}; a curve "
+            "still rising at the full length says a longer recording of the speaker would help "
+            "(<code>lipsync-pack build</code> on a longer video).</p>"
+            f"<table><tr><th>footage</th><th>opening correlation [95 % CI]</th></tr>{rows}</table>")
 
 
 def _html(r: dict) -> str:
@@ -291,6 +338,7 @@ figure {{ margin: 12px 0; }} code {{ background: #f3f3f3; padding: 1px 4px; }}
 <h2>Generators side by side</h2>
 <table><tr><th></th>{head}</tr>{body}</table>
 {comparisons}
+{_footage_html(r.get("footage"))}
 {client}
 {f'<p>SyncNet scores skipped: {html.escape(sync)}.</p>' if sync else ''}
 <h2>Videos</h2><ul>{videos}</ul>

@@ -9,6 +9,8 @@ options and calls it. Steps:
    (:mod:`toolkit.evaluate.harness`), compose full frames over the package video
    and write ``output.mp4`` with the audio muxed in;
 3. measure quality (:mod:`toolkit.evaluate.quality`, SyncNet if weights are given);
+   with ``holdout``, also how the mouth-shape model grows with footage
+   (:mod:`toolkit.evaluate.footage`);
 4. write ``report.json``, the plots and ``report.html`` into a hidden folder and
    rename it to ``reports/<package>-<timestamp>/``.
 
@@ -44,6 +46,7 @@ from .. import video
 from ..audio import wav_bytes
 from ..faces import create as create_backend
 from . import harness, quality, stats
+from .footage import footage_curve
 from .report import write_report
 
 SILENCE_S = 2.0                # seconds of digital silence, then of room noise, per generator
@@ -358,7 +361,7 @@ def evaluate(package: str | Path, audio: str | Path | None = None, config: EvalC
             results["real"] = (real_run, q)
         shutil.rmtree(scratch)
         report = write_report(work, pkg, audio_desc, samples, config, results, env, rms, time.perf_counter() - t_start,
-                              _comparisons(boots))
+                              _comparisons(boots), footage_curve(pkg) if config.holdout else None)
         work.rename(final)
     except BaseException:
         shutil.rmtree(work, ignore_errors=True)
