@@ -19,8 +19,6 @@ way to a mouth that follows new speech more closely.
 
 from __future__ import annotations
 
-import logging
-
 import numpy as np
 
 from runtime import mouth
@@ -54,25 +52,19 @@ def footage_curve(pkg: Package) -> dict | None:
     truth = mouth.opening_of(mouth.normalise(landmarks[tail], full.reference), full.reference)
     idx = stats.block_indices(len(tail), pkg.fps)
     points = []
-    quiet = logging.getLogger("lipsync.mouth")
-    level = quiet.level
-    quiet.setLevel(logging.ERROR)              # short stretches' fits may warn; the curve says what they scored
-    try:
-        for share in SHARES:
-            k = int(round(share * len(frames)))
-            if k < mouth.MIN_FRAMES:
-                continue
-            starts = [0] if k == len(frames) else np.unique(np.linspace(0, len(frames) - k, WINDOWS).astype(int))
-            preds = []
-            for s0 in starts:
-                model = mouth.fit_arrays(landmarks, mel, pkg.fps, frames[s0:s0 + k], rms, str(pkg.root))
-                preds.append(model.opening(model.predict(windows, restore=False)))
-            r = np.mean([stats.rowwise_pearson(p[None], truth[None])[0] for p in preds])
-            samples = np.mean([stats.rowwise_pearson(p[idx], truth[idx]) for p in preds], axis=0)
-            points.append({"share": share, "seconds": round(k / pkg.fps, 2), "stretches": len(starts),
-                           **stats.summary(float(r), samples)})
-    finally:
-        quiet.setLevel(level)
+    for share in SHARES:
+        k = int(round(share * len(frames)))
+        if k < mouth.MIN_FRAMES:
+            continue
+        starts = [0] if k == len(frames) else np.unique(np.linspace(0, len(frames) - k, WINDOWS).astype(int))
+        preds = []
+        for s0 in starts:
+            model = mouth.fit_arrays(landmarks, mel, pkg.fps, frames[s0:s0 + k], rms, str(pkg.root))
+            preds.append(model.opening(model.predict(windows, restore=False)))
+        r = np.mean([stats.rowwise_pearson(p[None], truth[None])[0] for p in preds])
+        samples = np.mean([stats.rowwise_pearson(p[idx], truth[idx]) for p in preds], axis=0)
+        points.append({"share": share, "seconds": round(k / pkg.fps, 2), "stretches": len(starts),
+                       **stats.summary(float(r), samples)})
     if not points:
         return None
     slope = None

@@ -260,8 +260,10 @@ def _footage_html(footage: dict | None) -> str:
     return ("<h2>Would more footage help?</h2><p>The package's mouth-shape model, refitted on shorter stretches of "
             "the training footage, predicting the held-out mouth opening from the held-out audio (correlation with "
             "the real landmarks, 95 % CI). Retrieval and the neural tier follow the speech only as well as this "
-            f"model does. Each doubling of the footage added {html.escape(_fmt(footage['per_doubling']))}; a curve "
-            "still rising at the full length says a longer recording of the speaker would help "
+            "model does. "
+            + (f"Each doubling of the footage added {html.escape(_fmt(footage['per_doubling']))}; "
+               if footage["per_doubling"] is not None else "")
+            + "A curve still rising at the full length says a longer recording of the speaker would help "
             "(<code>lipsync-pack build</code> on a longer video).</p>"
             f"<table><tr><th>footage</th><th>opening correlation [95 % CI]</th></tr>{rows}</table>")
 
