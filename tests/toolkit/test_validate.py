@@ -14,11 +14,12 @@ from runtime.generators.retrieval import RetrievalGenerator
 from runtime.mouth import for_package
 from runtime.neural.model import SIZES, LipSyncUNet, load_weights
 from runtime.package import Package
+from runtime.render import base_frame
 from runtime.stream import frame_window
 from toolkit.faces import create as create_backend
 from toolkit.train.dataset import PackageDataset, nearest_shapes, training_frames
 from toolkit.train.loop import CHECKPOINT_DIR, TrainConfig, train
-from toolkit.train.validate import CONFIDENCE, MIN_SECONDS, Validator, split
+from toolkit.train.validate import CONFIDENCE, MIN_SECONDS, Score, Selection, Validator, split
 
 # German_20s built with a 15 % tail: 423 frames to train on, so a 35 % block of 148 (5.9 s; 20 % would be
 # 85 frames, 3.4 s: too short)
@@ -59,7 +60,12 @@ def test_an_untrained_network_is_scored_as_retrieval(built):
     crops = validator.render(LipSyncUNet(cfg), cfg)
     tier = RetrievalGenerator(view)
     state = tier.new_state()
-    expected = tier.render([Request(int(t), frame_window(view.mel, int(t), view.fps), state) for t in block])
+    # the block's audio onto the base frames a session shows: the view's training frames, never the block's own
+    # (their unmasked chin and cheeks would show the network the real mouth)
+    assert np.array_equal(validator.bases, [base_frame(view, k) for k in range(len(block))])
+    assert validator.bases.max() < block[0] and len(np.unique(validator.bases)) == len(block)
+    expected = tier.render([Request(int(b), frame_window(view.mel, int(t), view.fps), state)
+                            for t, b in zip(block, validator.bases)])
     assert len(crops) == len(block) and all(np.array_equal(a, b) for a, b in zip(crops, expected))
     score = validator.score(LipSyncUNet(cfg), cfg, 0)
     assert 0.2 < score.opening_r <= 1 and score.lmd_px > 0       # retrieval follows the speech somewhat
@@ -69,6 +75,18 @@ def test_an_untrained_network_is_scored_as_retrieval(built):
     real = validator.real_opening
     assert validator.wins(real, score.opening) == 1.0 and validator.wins(score.opening, real) == 0.0
     assert validator.wins(score.opening, score.opening) == 0.0 < CONFIDENCE
+    # nor may its mouths open clearly less widely: a squeezed copy of the real openings follows them exactly
+    # but closes in every resample, and a copy does not close against itself
+    squeezed = real.mean() + 0.5 * (real - real.mean())
+    assert validator.wins(squeezed, score.opening) == 1.0 and validator.closes(squeezed, score.opening) == 1.0
+    assert validator.closes(score.opening, score.opening) == 0.0 and validator.closes(real, squeezed) == 0.0
+    # so the selection keeps step 0 over the squeezed mouths and takes the real ones
+    selection, model = Selection(SHARE, len(block), 6, []), LipSyncUNet(cfg)
+    assert selection.add(score, model, validator).kept
+    closing = selection.add(Score(200, 1.0, 0.0, 0.5, 0.0, squeezed), model, validator)
+    assert not closing.kept and "open less widely in 100%" in closing.reason() and selection.best["step"] == 0
+    assert selection.add(Score(400, 1.0, 0.0, 1.0, 0.0, real), model, validator).reason() == "kept"
+    assert selection.best["step"] == 400 and selection.since_best == 0
 
 
 def test_training_publishes_the_best_check_and_stops_when_it_stops_improving(german):

@@ -75,7 +75,7 @@ from toolkit.writer import add_file
 from .dataset import PackageDataset, collate, step_batches, training_frames
 from .mouth import refit as refit_mouth
 from .reader import Reader, fit_reader
-from .validate import CONFIDENCE, MIN_SECONDS, SHARE, Selection, Validator, split
+from .validate import MIN_SECONDS, SHARE, Selection, Validator, split
 
 log = logging.getLogger(__name__)
 
@@ -412,11 +412,11 @@ def _check(selection: Selection, validator: Validator, model: LipSyncUNet, cfg: 
     """Score the weights on the validation block and keep them if they clearly beat the best so far."""
     best = selection.best
     score = validator.score(model, cfg, step)
-    wins = selection.add(score, model, validator)
+    result = selection.add(score, model, validator)
     say = partial(tqdm.write, file=sys.stderr) if progress else log.info
     verdict = ("" if best is None else
-               f"; beats step {best['step']} (r {best['opening_r']:.3f}) in {wins:.0%} of resamples: "
-               + ("kept" if selection.best["step"] == step else f"not kept (needs {CONFIDENCE:.0%})"))
+               f"; beats step {best['step']} (r {best['opening_r']:.3f}) in {result.wins:.0%} of resamples: "
+               + result.reason())
     say(f"step {step}: held-back opening r {score.opening_r:.3f}, LMD {score.lmd_px:.2f} px, articulation "
         f"{score.articulation:.2f}, checked in {score.seconds:.1f} s{verdict}")
 
