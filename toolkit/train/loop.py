@@ -415,7 +415,7 @@ def _check(selection: Selection, validator: Validator, model: LipSyncUNet, cfg: 
     result = selection.add(score, model, validator)
     say = partial(tqdm.write, file=sys.stderr) if progress else log.info
     verdict = ("" if best is None else
-               f"; beats step {best['step']} (r {best['opening_r']:.3f}) in {result.wins:.0%} of resamples: "
+               f"; beats step {best['step']} (r {best['opening_r']:.3f}) in {result.wins:.1%} of resamples: "
                + result.reason())
     say(f"step {step}: held-back opening r {score.opening_r:.3f}, LMD {score.lmd_px:.2f} px, articulation "
         f"{score.articulation:.2f}, checked in {score.seconds:.1f} s{verdict}")

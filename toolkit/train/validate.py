@@ -46,9 +46,10 @@ step 0 at r 0.46 and the last weights of a 15-minute run at 0.53, where
 ``lipsync-eval`` (base frames as served) measured 0.41 and 0.33.
 
 A block shorter than MIN_SECONDS (5 s) cannot tell weights apart: on
-German_20s a 2.6 s block chose weights that scored r 0.70 there against
-retrieval's 0.59, and 0.50 against retrieval's 0.61 on the 7 s held-out tail.
-Below that, validation is off and the last weights are kept.
+German_20s a 2.6 s block (rendered onto its own frames, then) chose weights
+that scored r 0.70 there against retrieval's 0.59, and 0.50 against
+retrieval's 0.61 on the 7 s held-out tail. Below that, validation is off and
+the last weights are kept.
 """
 
 from __future__ import annotations
