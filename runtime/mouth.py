@@ -362,8 +362,12 @@ def fit_frames(flags: np.ndarray, train_stop: int) -> np.ndarray:
 def fit(package) -> MouthModel:
     """Fit a mouth-shape model on an open package (see :func:`fit_arrays`), bound to its landmarks."""
     return fit_arrays(package.landmarks, package.mel, package.fps, fit_frames(package.flags, package.train_range.stop),
-                      frame_rms(read_wav(Path(package.root) / "audio.wav"), package.frames,
-                                samples_per_frame(package.fps)), str(package.root))
+                      package_rms(package), str(package.root))
+
+
+def package_rms(package) -> np.ndarray:
+    """Each package frame's audio RMS (:func:`runtime.stream.frame_rms` of its ``audio.wav``)."""
+    return frame_rms(read_wav(Path(package.root) / "audio.wav"), package.frames, samples_per_frame(package.fps))
 
 
 def read_wav(path: Path) -> np.ndarray:

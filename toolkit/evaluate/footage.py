@@ -22,9 +22,8 @@ from __future__ import annotations
 import numpy as np
 
 from runtime import mouth
-from runtime.features import samples_per_frame
 from runtime.package import Package
-from runtime.stream import frame_rms, window_features
+from runtime.stream import window_features
 
 from . import stats
 
@@ -46,7 +45,7 @@ def footage_curve(pkg: Package) -> dict | None:
     frames = mouth.fit_frames(flags, pkg.train_range.stop)
     landmarks = np.asarray(pkg.landmarks)
     mel = np.asarray(pkg.mel, np.float32)
-    rms = frame_rms(mouth.read_wav(pkg.root / "audio.wav"), pkg.frames, samples_per_frame(pkg.fps))
+    rms = mouth.package_rms(pkg)
     windows = window_features(mel, tail, pkg.fps)
     full = mouth.for_package(pkg)
     truth = mouth.opening_of(mouth.normalise(landmarks[tail], full.reference), full.reference)
@@ -61,10 +60,10 @@ def footage_curve(pkg: Package) -> dict | None:
         for s0 in starts:
             model = mouth.fit_arrays(landmarks, mel, pkg.fps, frames[s0:s0 + k], rms, str(pkg.root))
             preds.append(model.opening(model.predict(windows, restore=False)))
-        r = np.mean([stats.rowwise_pearson(p[None], truth[None])[0] for p in preds])
-        samples = np.mean([stats.rowwise_pearson(p[idx], truth[idx]) for p in preds], axis=0)
+        scores = [stats.correlation(p, truth, idx) for p in preds]      # (value, bootstrap samples) each
         points.append({"share": share, "seconds": round(k / pkg.fps, 2), "stretches": len(starts),
-                       **stats.summary(float(r), samples)})
+                       **stats.summary(float(np.mean([v for v, _ in scores])),
+                                       np.mean([b for _, b in scores], axis=0))})
     if not points:
         return None
     slope = None

@@ -409,7 +409,8 @@ def train(package_path: str | Path, config: TrainConfig = TrainConfig(), resume:
 
 def _check(selection: Selection, validator: Validator, model: LipSyncUNet, cfg: ModelConfig, step: int,
            progress: bool) -> None:
-    """Score the weights on the validation block and keep them if they clearly beat the best so far."""
+    """Score the weights on the validation block, keep them if they clearly beat the best so far without
+    closing the mouth (:meth:`Selection.add`), and say so."""
     best = selection.best
     score = validator.score(model, cfg, step)
     result = selection.add(score, model, validator)

@@ -72,7 +72,7 @@ from runtime.package import Package
 from runtime.render import base_frame
 from runtime.stream import frame_window
 from toolkit.evaluate.quality import MouthMeter, lmd_per_frame, mouth_opening, pearson
-from toolkit.evaluate.stats import block_indices, correlation
+from toolkit.evaluate.stats import block_indices, correlation, spread_ratio
 
 SHARE = 0.2                 # default share of the training frames held back
 MIN_SECONDS = 5.0           # a shorter block cannot tell checkpoints apart: validation is off
@@ -180,8 +180,8 @@ class Validator:
     def closes(self, opening: np.ndarray, best: np.ndarray) -> float:
         """The share of the same resamples in which mouths opening as ``opening`` open less widely (a smaller
         spread of the opening: lower articulation) than ``best``."""
-        o, b = np.asarray(opening, np.float64), np.asarray(best, np.float64)
-        return float(np.mean(o[self.idx].std(axis=1) < b[self.idx].std(axis=1)))
+        _, ratio = spread_ratio(opening, best, self.idx)
+        return float(np.mean(ratio < 1.0))
 
 
 @dataclass(frozen=True)
