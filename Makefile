@@ -4,10 +4,15 @@ PY      := $(VENV)/bin/python
 SAMPLE  ?= ../shared/data/video/German_20s.mp4
 PACKAGE ?= models/anchor
 
-.PHONY: setup demo test bench clean
+.PHONY: setup demo test bench lock clean
 
+# ffmpeg and chromium from Debian, then $(VENV) from requirements.lock (hashes checked).
 setup:
-	@scripts/setup.sh
+	@VENV=$(VENV) scripts/setup.sh
+
+# After editing pyproject.toml's dependencies: re-resolve and re-pin (uv pip compile), then `make setup`.
+lock:
+	@VENV=$(VENV) scripts/lock.sh
 
 demo: setup
 	$(VENV)/bin/lipsync-pack build $(SAMPLE) -o $(PACKAGE) --force
