@@ -87,31 +87,47 @@ class OutQueue:
 async def run_session(session: Session, receive: Callable[[], Awaitable[Message]], queue: OutQueue,
                       encode: Callable[[Message], Any], pool: WorkerPool, options: ServeOptions,
                       transport: str, peer: str = "") -> str:
-    """Answer ``session``'s messages until the transport closes ("closed") or it goes idle ("idle")."""
-    while True:
-        timeout = options.flush_ms / 1000 if session.pending else options.idle_timeout_s
-        end = None
-        try:
-            msg = await asyncio.wait_for(receive(), timeout)
-        except Closed:
-            # The audio ended (a gRPC client half-closes after its last chunk): answer the chunks
-            # still waiting for look-ahead as if silence followed. A websocket that is gone just
-            # never sends them.
-            end, replies, work = "closed", [], session.prepare_flush()
-        except TimeoutError:
-            if not session.pending:
-                return "idle"
-            replies, work = [], session.prepare_flush()
-        except ProtocolError as exc:
-            replies, work = [session.refuse(exc)], None
-        else:
-            replies, work = session.prepare(msg, time.perf_counter())
-        if work is not None:
-            replies += session.finish(work, await render(pool, work.job, transport, peer))
-        for reply in replies:
-            queue.put(isinstance(reply, Frame), encode(reply))
-        if end is not None:
-            return end
+    """Answer ``session``'s messages until the transport closes ("closed") or it goes idle ("idle").
+
+    One ``receive()`` is in flight at a time and is never cancelled by a timeout: it is awaited
+    again after the flush or the idle check. (Cancelling it would close a gRPC request
+    iterator, which the server then takes for the client's half-close.)
+    """
+    incoming: asyncio.Future | None = None
+    try:
+        while True:
+            timeout = options.flush_ms / 1000 if session.pending else options.idle_timeout_s
+            if incoming is None:
+                incoming = asyncio.ensure_future(receive())
+            end = None
+            try:
+                done, _ = await asyncio.wait({incoming}, timeout=timeout)
+                if not done:
+                    raise TimeoutError
+                arrived, incoming = incoming, None
+                msg = arrived.result()
+            except Closed:
+                # The audio ended (a gRPC client half-closes after its last chunk): answer the chunks
+                # still waiting for look-ahead as if silence followed. A websocket that is gone just
+                # never sends them.
+                end, replies, work = "closed", [], session.prepare_flush()
+            except TimeoutError:
+                if not session.pending:
+                    return "idle"
+                replies, work = [], session.prepare_flush()
+            except ProtocolError as exc:
+                replies, work = [session.refuse(exc)], None
+            else:
+                replies, work = session.prepare(msg, time.perf_counter())
+            if work is not None:
+                replies += session.finish(work, await render(pool, work.job, transport, peer))
+            for reply in replies:
+                queue.put(isinstance(reply, Frame), encode(reply))
+            if end is not None:
+                return end
+    finally:
+        if incoming is not None:
+            incoming.cancel()
 
 
 async def run_connection(session: Session, transport: str, peer: str, queue: OutQueue,

@@ -146,7 +146,9 @@ class GrpcClient(BaseClient):
 
         As :meth:`runtime.client.Client.stream`: the last partial chunk is padded
         with silence; ``realtime`` paces one chunk per 40 ms. An ERROR in the
-        stream raises ServerError.
+        stream raises ServerError. When the server ends the call first (idle,
+        replies unread, shutdown), sending stops and its status is raised as
+        ``grpc.aio.AioRpcError``; a call it ends with OK just ends the frames.
         """
         pieces = self.chunks(samples, rate)
         n = len(pieces)
@@ -154,10 +156,11 @@ class GrpcClient(BaseClient):
             return
         package = package or self.package or ""
         sent: dict[int, float] = {}
+        call = self.stub.Stream(metadata=self.metadata)
+        writes = _Writes(call)
 
-        async def requests():
-            await call.initial_metadata()             # the server took the call (or ended it: then its status)
-            if call.done():
+        async def send():
+            if not await writes.connected():                  # refused (token, capacity): its status is read below
                 return
             t0 = time.perf_counter()
             for i, piece in enumerate(pieces):
@@ -165,13 +168,19 @@ class GrpcClient(BaseClient):
                     await asyncio.sleep(max(0.0, t0 + i * CHUNK_MS / 1000 - time.perf_counter()))
                 seq = self.next_seq()
                 sent[seq] = time.perf_counter()
-                yield pb.StreamRequest(audio=pb.AudioChunk(seq=seq, sample_rate=rate, sample_format=int(fmt),
-                                                           package=package, pcm=float32_to_pcm(piece, fmt)))
+                if not await writes.write(pb.StreamRequest(audio=pb.AudioChunk(
+                        seq=seq, sample_rate=rate, sample_format=int(fmt), package=package,
+                        pcm=float32_to_pcm(piece, fmt)))):
+                    return
+            await writes.close()
 
-        call = self.stub.Stream(requests(), metadata=self.metadata)
+        writer = asyncio.create_task(send())
         got = 0
         try:
-            async for reply in call:
+            while got < n:
+                reply = await writes.read()
+                if reply is None:                             # the server ended the call with OK
+                    break
                 kind = reply.WhichOneof("message")
                 if kind == "error":
                     raise ServerError(from_pb_error(reply.error))
@@ -180,25 +189,99 @@ class GrpcClient(BaseClient):
                 frame = from_pb(reply.frame)
                 yield frame, time.perf_counter() - sent.pop(frame.seq, time.perf_counter())
                 got += 1
-                if got == n:
-                    break
         finally:
+            writer.cancel()
             call.cancel()
 
     async def stats(self) -> dict:
         """The server's counters, asked inside a short stream."""
         seq = self.next_seq()
-
-        async def one():
-            await call.initial_metadata()
-            if not call.done():
-                yield pb.StreamRequest(stats=pb.StatsRequest(seq=seq))
-
-        call = self.stub.Stream(one(), metadata=self.metadata)
+        call = self.stub.Stream(metadata=self.metadata)
+        writes = _Writes(call)
         try:
-            async for reply in call:
-                if reply.WhichOneof("message") == "stats":
-                    return json.loads(reply.stats.json)
+            if await writes.connected() and await writes.write(pb.StreamRequest(stats=pb.StatsRequest(seq=seq))):
+                while (reply := await writes.read()) is not None:
+                    if reply.WhichOneof("message") == "stats":
+                        return json.loads(reply.stats.json)
         finally:
             call.cancel()
         raise ServerError(Error(seq=seq, code=ErrorCode.INTERNAL, text="no STATS reply"))
+
+
+class _Writes:
+    """One Stream call's reads and writes, so that a call the server ended is never written to.
+
+    A write into a call that the server has already ended fails inside grpc, and grpc then
+    replaces the call's status with its own INTERNAL ("Internal error from Core"), hiding why
+    the server ended it. So a write happens only while the call is open, a failed write stops
+    the writing, and the status reported is the first one the call got: the server's.
+    """
+
+    def __init__(self, call):
+        self.call = call
+        self.status: grpc.StatusCode | None = None
+        self.details = ""
+        self.failed_write = False
+        call.add_done_callback(self._done)
+
+    def _done(self, call) -> None:
+        # Called as the call gets its first status; a later INTERNAL from a failed write does not
+        # call it again. The status is set by now, so code() and details() finish without waiting.
+        if self.status is None:
+            self.status, self.details = _result(call.code()), _result(call.details())
+
+    async def connected(self) -> bool:
+        """Wait for the server to take the call; False when it ended it instead."""
+        try:
+            await self.call.wait_for_connection()
+        except grpc.aio.AioRpcError:
+            return False
+        return not self.call.done()
+
+    async def write(self, request) -> bool:
+        """Send ``request``; False (and no more writes) once the call has ended."""
+        if self.failed_write or self.call.done():
+            return False
+        try:
+            await self.call.write(request)
+        except (asyncio.InvalidStateError, grpc.aio.AioRpcError):
+            self.failed_write = True
+            return False
+        return True
+
+    async def close(self) -> None:
+        """Half-close: the audio is over (the server answers what is pending)."""
+        if not self.failed_write and not self.call.done():
+            try:
+                await self.call.done_writing()
+            except (asyncio.InvalidStateError, grpc.aio.AioRpcError):
+                self.failed_write = True
+
+    async def read(self):
+        """The next reply; None when the server ended the call with OK; its status raised otherwise."""
+        try:
+            reply = await self.call.read()
+        except grpc.aio.AioRpcError as exc:
+            raise self._server_status(exc) from None
+        if reply is not grpc.aio.EOF:
+            return reply
+        code = await self.call.code()
+        if code == grpc.StatusCode.OK:
+            return None
+        raise self._server_status(None)
+
+    def _server_status(self, exc):
+        if self.status is not None and self.status != grpc.StatusCode.OK:
+            return grpc.aio.AioRpcError(self.status, grpc.aio.Metadata(), grpc.aio.Metadata(), self.details)
+        return exc or grpc.aio.AioRpcError(grpc.StatusCode.UNKNOWN, grpc.aio.Metadata(), grpc.aio.Metadata(),
+                                           "the call ended without a status")
+
+
+def _result(coro):
+    """The value of a coroutine that finishes without waiting (a finished call's code or details)."""
+    try:
+        coro.send(None)
+    except StopIteration as done:
+        return done.value
+    coro.close()
+    raise RuntimeError("the call has no status yet")

@@ -5,7 +5,6 @@ beside them, and the Prometheus text parser on /metrics."""
 from __future__ import annotations
 
 import asyncio
-import filecmp
 import os
 import re
 import signal
@@ -13,9 +12,11 @@ import subprocess
 import sys
 import threading
 import time
+import tomllib
 import urllib.request
 
 import grpc
+import numpy as np
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -62,12 +63,32 @@ def grpc_server(packages_dir):
         yield srv
 
 
+# The generator stamps its own version into lipsync_pb2_grpc.py; the stubs then refuse an older
+# grpcio at import. That line is not part of what the .proto says, so it is compared apart.
+_STAMP = re.compile(r"^GRPC_GENERATED_VERSION = '([0-9.]+)'$", re.M)
+
+
 def test_stubs_match_the_proto(tmp_path):
-    """The committed runtime/rpc stubs are what docs/lipsync.proto compiles to today."""
+    """The committed runtime/rpc stubs are what docs/lipsync.proto compiles to today: the same
+    messages and service, whatever patch release of grpcio-tools is installed."""
     for fresh in codegen.generate(tmp_path):
         committed = codegen.HERE / fresh.name
-        assert filecmp.cmp(fresh, committed, shallow=False), \
+        assert _STAMP.sub("", fresh.read_text()) == _STAMP.sub("", committed.read_text()), \
             f"{committed.name} is stale: run `python -m runtime.rpc.codegen` after editing docs/lipsync.proto"
+
+
+def test_stubs_import_with_the_oldest_grpcio_allowed():
+    """pyproject's grpcio floor is at least the version the committed stubs demand."""
+    from packaging.requirements import Requirement
+    from packaging.version import Version
+
+    stamped = Version(_STAMP.search((codegen.HERE / "lipsync_pb2_grpc.py").read_text()).group(1))
+    floors = {}
+    for line in tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]:
+        req = Requirement(line)
+        floors[req.name] = min(Version(s.version) for s in req.specifier if s.operator in (">=", "=="))
+    assert floors["grpcio"] >= stamped, f"the stubs need grpcio>={stamped}; pyproject allows {floors['grpcio']}"
+    assert Version(grpc.__version__) >= stamped
 
 
 def test_every_call(grpc_server, speech):
@@ -395,3 +416,60 @@ def test_sigterm_with_a_grpc_stream_open_exits_within_2s(packages_dir, speech):
     finally:
         proc.kill()
         proc.wait()
+
+
+@pytest.mark.parametrize("pause_s", [0.1, 0.3, 1.0])
+def test_a_stream_that_pauses_gets_every_frame(packages_dir, speech, pause_s):
+    """A voice pauses: chunks wait for look-ahead, the server flushes them after 120 ms of quiet
+    and keeps the stream open; every chunk before and after the pause gets its frame."""
+    clip = float32_to_pcm(speech[RATE * 5:RATE * 6], 1)
+    chunks = [clip[2 * i:2 * (i + STEP)] for i in range(0, 20 * STEP, STEP)]      # int16: 2 bytes a sample
+    with running_server(packages_dir, grpc_port=0) as srv:
+        async def go():
+            async with grpc.aio.insecure_channel(f"127.0.0.1:{srv.server.grpc_port}") as ch:
+                async def requests():
+                    for k, pcm in enumerate(chunks):
+                        if k == 10:
+                            await asyncio.sleep(pause_s)
+                        yield pb.StreamRequest(audio=pb.AudioChunk(seq=k, sample_rate=RATE, pcm=pcm))
+
+                call = pb_grpc.LipsyncStub(ch).Stream(requests())
+                seqs = [r.frame.seq async for r in call if r.WhichOneof("message") == "frame"]
+                return seqs, await call.code()
+
+        seqs, code = run(go())
+    assert seqs == list(range(20)) and code == grpc.StatusCode.OK, (seqs, code)
+
+
+def test_the_client_stops_sending_and_reports_the_servers_status(packages_dir, speech):
+    """The server ends a stream while the client is still sending (here: gRPC refuses a message
+    over the size limit and ends the call), with two websocket sessions loading the server. The
+    client stops writing and raises the server's status. grpc replaces the status of a call
+    written to after it ended with its own INTERNAL; the client must never report that."""
+    clip = speech[RATE * 2:RATE * 8]
+    big_rate = 16_000_000                                      # 40 ms = 1.28 MB of PCM: over the 1 MiB limit
+    big = np.resize(clip, big_rate // 25 * 8)
+    with running_server(packages_dir, grpc_port=0) as srv:
+        async def refused():
+            async with GrpcClient(grpc_url(srv), package="anchor", max_size=8 << 20) as c:
+                with pytest.raises(grpc.aio.AioRpcError) as err:
+                    async for _ in c.stream(big, big_rate):
+                        pass
+                return err.value.code(), err.value.details()
+
+        async def load():
+            async with Client(srv.ws, package="anchor") as c:
+                return len([f async for f, _ in c.stream(clip, RATE, realtime=True)])
+
+        async def go():
+            others = [asyncio.ensure_future(load()) for _ in range(2)]
+            ends = []
+            for _ in range(10):
+                ends += await asyncio.gather(*(refused() for _ in range(3)))
+            return ends, await asyncio.gather(*others)
+
+        ends, loaded = run(go())
+        healthy = srv.json("/health")
+    assert {code for code, _ in ends} == {grpc.StatusCode.RESOURCE_EXHAUSTED}, ends
+    assert all("larger than max" in details for _, details in ends)
+    assert loaded == [150, 150] and healthy["status"] == "ok"
