@@ -31,11 +31,12 @@ _RENDER = RenderOptions()
               help="Generator fallback chain, first choice first, e.g. retrieval,static; auto: the default chain.")
 @click.option("--device", default="auto", show_default=True,
               help="Torch device of the neural generator (cpu, cuda, cuda:1); auto: cuda if present, else cpu.")
-@click.option("--threads", type=int, default=1, show_default=True, help="Torch threads in each render process.")
+@click.option("--threads", type=int, default=1, show_default=True,
+              help="Torch (and OpenMP, BLAS, OpenCV) threads in each render process.")
 @click.option("--compile", is_flag=True,
               help="torch.compile the neural generator (about 1.35x faster frames on CPU, ~30 s longer start).")
-@click.option("--workers", type=int, default=_SERVE.workers, show_default=True,
-              help="Render processes (not threads); one per core.")
+@click.option("--workers", type=int, default=None, show_default="usable cores / --threads",
+              help="Render processes (not threads).")
 @click.option("--max-sessions", type=int, default=_SERVE.max_sessions, show_default=True,
               help="Concurrent sessions, websocket and gRPC together.")
 @click.option("--queue", type=int, default=_SERVE.queue_frames, show_default=True,

@@ -28,7 +28,7 @@ class RenderOptions:
     jpeg_quality: int = QUALITY      # 1-100
     device: str | None = None        # torch device of the neural tier ("cpu", "cuda", "cuda:1"); None = cuda if present
     threads: int | None = None       # torch threads of the neural tier; None: 1 in each render process
-                                     # (one process per core), torch's own choice in-process
+                                     # (runtime/threads.py), torch's own choice in-process
     compile: bool = False            # torch.compile the neural tier (1.35x faster frames on CPU, ~30 s longer start)
 
     def check(self) -> None:
@@ -48,7 +48,7 @@ class ServeOptions:
     host: str = "127.0.0.1"                  # loopback unless asked otherwise
     port: int = 8765                         # 0 = any free port
     token: str | None = None                 # shared secret; required for non-loopback hosts
-    workers: int = 2                         # render processes (one per core)
+    workers: int | None = None               # render processes; None: one per usable core per thread
     max_sessions: int = 64                   # concurrent websocket sessions
     queue_frames: int = 32                   # per-session outgoing frames before the oldest is dropped
     flush_ms: int = 120                      # answer look-ahead-pending chunks after this much quiet
@@ -84,7 +84,7 @@ class ServeOptions:
                 raise InputError(f"--allow-origin {origin!r}: expected scheme://host[:port] "
                                  "(e.g. https://app.example.com), or * for any page")
         for name in ("workers", "max_sessions", "queue_frames", "queue_replies", "flush_ms"):
-            if getattr(self, name) < 1:
+            if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise InputError(f"--{name.replace('_', '-')} {getattr(self, name)}: expected 1 or more")
         self.render.check()
 

@@ -43,7 +43,7 @@ from websockets.datastructures import Headers
 from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
-from . import __version__
+from . import __version__, threads
 from .errors import LipsyncError, PackageError
 from .exposition import CONTENT_TYPE_LATEST, registry_for, render_text
 from .metrics import Metrics
@@ -129,7 +129,8 @@ class LipsyncServer:
         self.store = store
         self.config = options
         self.metrics = Metrics()
-        self.pool = WorkerPool(store.path, options.workers, options.render)
+        self.cpu = threads.plan(options.workers, options.render.threads)
+        self.pool = WorkerPool(store.path, self.cpu, options.render)
         self._server = None
         self._sessions: dict[asyncio.Task, OutQueue] = {}     # each session's task and outgoing queue
         self.refused: dict[str, str] = {}                     # packages left out at start, and why
@@ -150,6 +151,10 @@ class LipsyncServer:
     async def start(self) -> None:
         if not self._checked:
             await asyncio.to_thread(self.check)
+        log.info("rendering with %s", self.cpu.describe())
+        if self.cpu.oversubscribed:
+            log.warning("--workers %d x --threads %d is more threads than the %d usable cores: frames slow down "
+                        "under load; the defaults fit the cores", self.cpu.workers, self.cpu.threads, self.cpu.cores)
         await self.pool.start()
         self._server = await websocket_serve(
             self._connection, self.config.host, self.config.port,

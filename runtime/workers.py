@@ -35,6 +35,7 @@ from .errors import LipsyncError
 from .options import RenderOptions
 from .render import Renderers, RenderJob
 from .store import PackageStore
+from .threads import Plan, environment, limit_this_process, plan
 
 log = logging.getLogger("lipsync.workers")
 START_TIMEOUT_S = 60.0
@@ -52,8 +53,9 @@ class RenderFailed(LipsyncError):
 def _render_main(conn, path: str, options: RenderOptions) -> None:
     """Render process body: render jobs until the pipe closes."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)      # Ctrl-C reaches the group; the main process drains
-    if options.threads is None:                       # one process per core: one torch thread each
+    if options.threads is None:                       # one process per core: one thread each
         options = replace(options, threads=1)
+    limit_this_process(options.threads)               # OpenCV is loaded by now; torch reads the options
     store = PackageStore(path)
     renderers = Renderers(store, options)
     for name in store.names():
@@ -101,14 +103,18 @@ class WorkerPool:
     ----------
     path : str
         As given to ``lipsync-serve``.
-    n : int
-        Render processes (one per core).
+    cpu : Plan, optional
+        Render processes and threads each (:func:`runtime.threads.plan`; by default one
+        single-threaded process per usable core).
     options : RenderOptions
         How each process renders (chain, JPEG quality, torch device and threads).
     """
 
-    def __init__(self, path: str, n: int = 2, options: RenderOptions = RenderOptions()):
-        self.path, self.n, self.options = str(path), max(1, n), options
+    def __init__(self, path: str, cpu: Plan | None = None, options: RenderOptions = RenderOptions()):
+        self.cpu = cpu or plan(None, options.threads)
+        self.path, self.n = str(path), self.cpu.workers
+        self.options = replace(options, threads=self.cpu.threads)
+        self._child_env = self.cpu.environment()       # fixed now: spawning sets it in os.environ for a moment
         self.workers: list[Worker] = []
         self._ctx = mp.get_context("spawn")            # no fork of a threaded event loop
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -127,7 +133,8 @@ class WorkerPool:
         parent, child = self._ctx.Pipe()
         proc = self._ctx.Process(target=_render_main, args=(child, self.path, self.options),
                                  name=f"lipsync-render-{index}", daemon=True)
-        proc.start()
+        with environment(self._child_env):              # thread pools sized before they load
+            proc.start()
         child.close()
         if not parent.poll(START_TIMEOUT_S):
             proc.kill()
