@@ -64,7 +64,8 @@ STATIC = {"/": "index.html", "/index.html": "index.html", "/app.js": "app.js", "
           "/basevideo.js": "basevideo.js",
           "/style.css": "style.css"}
 VIDEO_RE = re.compile(r"^/packages/([^/]+)/video$")
-RANGE_RE = re.compile(r"^bytes=(\d*)-(\d*)$")
+RANGE_RE = re.compile(r"^bytes=(\d{0,18})-(\d{0,18})$")    # one range; 18 digits is past any file
+SINGLE_HEADERS = ("Host", "Origin", "Authorization", "Range", "Upgrade")   # more than one of these: 400
 LOOPBACK_NAMES = {"localhost", "127.0.0.1", "::1"}
 WILDCARD_HOSTS = {"0.0.0.0", "::", ""}
 MAX_RANGE_BYTES = 4 << 20     # the most bytes one Range answer holds
@@ -253,12 +254,16 @@ class LipsyncServer:
         return hmac.compare_digest(given.encode(), self.config.token.encode())
 
     async def _http(self, conn: ServerConnection, request: Request) -> Response | None:
+        for name in SINGLE_HEADERS:
+            if len(request.headers.get_all(name)) > 1:
+                return _json(400, {"error": f"{len(request.headers.get_all(name))} {name} headers; send one"})
         url = urlsplit(request.path)
         path, query = url.path, parse_qs(url.query)
-        if path == "/health":
-            return _json(200, {"status": "ok", "version": __version__,
-                               "packages": len(self.store.names()),
-                               "refused": self.refused, "sessions": self.metrics.sessions_active})
+        if path == "/health":                  # 503 while no package is offered: nothing can be served
+            offered = len(self.store.names())
+            return _json(200 if offered else 503, {"status": "ok" if offered else "no packages",
+                                                   "version": __version__, "packages": offered,
+                                                   "refused": self.refused, "sessions": self.metrics.sessions_active})
         host = request.headers.get("Host", "")
         if not self._host_allowed(host):
             self.metrics.count("refused_host")
@@ -299,6 +304,8 @@ class LipsyncServer:
         for name in self.store.names():
             try:
                 man = read_manifest(self.store.folder(name))
+            except KeyError:                   # unloaded since it was listed
+                continue
             except Exception as exc:           # a broken package is listed as such, not fatal
                 out.append({"name": name, "error": str(exc)})
                 continue
@@ -310,17 +317,27 @@ class LipsyncServer:
 
     async def _video(self, name: str, request: Request) -> Response:
         try:
-            path = self.store.folder(name) / "video.mp4"
+            folder = self.store.folder(name)
         except KeyError:
             return _json(404, {"error": f"no package named {name!r}; see /packages"})
+        path = folder / "video.mp4"
         try:
+            if not path.resolve(strict=True).is_relative_to(folder.resolve()) or not path.is_file():
+                raise OSError
             size = path.stat().st_size
-        except OSError:
-            return _json(404, {"error": f"package {name!r} has no video.mp4; rebuild it"})
-        rng = RANGE_RE.match(request.headers.get("Range", "").strip())
-        if not rng or not (rng.group(1) or rng.group(2)):
+        except OSError:                        # missing, not a file, or a link out of the package
+            return _json(404, {"error": f"package {name!r} has no video.mp4 of its own; rebuild it"})
+        asked = request.headers.get("Range")
+        if asked is None:
+            if size > MAX_RANGE_BYTES:         # never a whole long video in memory for one request
+                return _json(400, {"error": f"video.mp4 of {name!r} is {size / 1e6:.1f} MB: ask for it in parts of "
+                                            f"at most {MAX_RANGE_BYTES >> 20} MB with a Range header "
+                                            f"(curl -r 0-{MAX_RANGE_BYTES - 1} URL); players and the page do"})
             data = await asyncio.to_thread(_read_range, path, 0, size)
             return _response(200, data, "video/mp4", [("Accept-Ranges", "bytes")])
+        rng = RANGE_RE.match(asked.strip())
+        if not rng or not (rng.group(1) or rng.group(2)):     # several ranges, other units, nonsense
+            return _response(416, b"", "video/mp4", [("Content-Range", f"bytes */{size}")])
         if rng.group(1):
             start = int(rng.group(1))
             end = min(int(rng.group(2)), size - 1) if rng.group(2) else size - 1

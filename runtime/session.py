@@ -92,8 +92,8 @@ class Session:
 
     def flush(self) -> list[Message]:
         """The client went quiet: answer the chunks still waiting for look-ahead, rendering here."""
-        work = self.prepare_flush()
-        return self.render_here(work) if work is not None else []
+        replies, work = self.prepare_flush()
+        return replies + (self.render_here(work) if work is not None else [])
 
     def render_here(self, work: Work) -> list[Message]:
         if self.renderers is None:
@@ -135,14 +135,24 @@ class Session:
         except LipsyncError as exc:                # a damaged package: the client hears why
             return [self._error(ErrorCode.INTERNAL, str(exc), msg.seq)], None
 
-    def prepare_flush(self) -> Work | None:
-        """The client went quiet: the chunks still waiting for look-ahead, as Work (None if none)."""
+    def prepare_flush(self) -> tuple[list[Message], Work | None]:
+        """The client went quiet: the chunks still waiting for look-ahead, as Work (None if none).
+
+        If their package was unloaded meanwhile, each is answered UNKNOWN_PACKAGE instead.
+        """
         if not self.chunk_seqs:
-            return None
+            return [], None
+        try:
+            self.store.get(self.package)
+        except KeyError:
+            errors = [self._unknown(self.package, seq) for seq in self.chunk_seqs]
+            self.chunk_seqs.clear()
+            self.audio = AudioStream(fps=1000 / CHUNK_MS)
+            return errors, None
         self.audio.flush()
         work = self._emit(time.perf_counter())
         self.audio = AudioStream(fps=1000 / CHUNK_MS)   # the next chunk starts a new stream
-        return work
+        return [], work
 
     def finish(self, work: Work, rendered: list[Rendered] | BaseException) -> list[Message]:
         """FRAME messages for rendered Work (ERROR if rendering failed); counts them in the metrics."""
@@ -160,8 +170,10 @@ class Session:
 
     # ------------------------------------------------------------ helpers
 
-    def _use(self, name: str) -> None:
+    def _use(self, name: str | None) -> None:
         """Switch to package ``name`` (KeyError if unknown); a new package starts a fresh render state."""
+        if name is None:
+            raise KeyError(name)
         if name != self.package:
             self.store.folder(name)
             self.package, self.state = name, {}
@@ -175,9 +187,11 @@ class Session:
         self.metrics.error(code.name)
         return Error(seq=seq, code=code, text=text[:1024])
 
-    def _unknown(self, name: str, seq: int) -> Error:
-        return self._error(ErrorCode.UNKNOWN_PACKAGE, f"no package named {name!r} on this server; "
-                           f"it serves {', '.join(self.store.names())}", seq)
+    def _unknown(self, name: str | None, seq: int) -> Error:
+        names = self.store.names()
+        offered = f"it serves {', '.join(names)}" if names else "it serves none now: load one (gRPC LoadPackage)"
+        what = f"no package named {name!r}" if name else "no package chosen"
+        return self._error(ErrorCode.UNKNOWN_PACKAGE, f"{what} on this server; {offered}", seq)
 
     @staticmethod
     def _check_duration(msg, n_samples: int, ms: int) -> None:
@@ -187,11 +201,12 @@ class Session:
                                 f"{msg.sample_rate} Hz; expected {ms} ms = {want} samples", msg.seq)
 
     def _chunk(self, msg: AudioChunk, started: float, degrade: bool) -> tuple[list[Message], Work | None]:
+        name = msg.package or self.package
         try:
-            self._use(msg.package or self.package)
-        except KeyError:
-            return [self._unknown(msg.package, msg.seq)], None
-        self.store.get(self.package)          # PackageError (answered INTERNAL) before any audio is taken
+            self._use(name)
+            self.store.get(self.package)      # PackageError (answered INTERNAL) before any audio is taken
+        except KeyError:                      # never offered, or unloaded while this session used it
+            return [self._unknown(name, msg.seq)], None
         samples = pcm_to_float32(msg.pcm, msg.sample_format)      # BAD_AUDIO for NaN, infinity, ragged bytes
         self._check_duration(msg, len(samples), CHUNK_MS)
         self.audio.push(samples, msg.sample_rate)

@@ -110,11 +110,12 @@ async def run_session(session: Session, receive: Callable[[], Awaitable[Message]
                 # The audio ended (a gRPC client half-closes after its last chunk): answer the chunks
                 # still waiting for look-ahead as if silence followed. A websocket that is gone just
                 # never sends them.
-                end, replies, work = "closed", [], session.prepare_flush()
+                end = "closed"
+                replies, work = session.prepare_flush()
             except TimeoutError:
                 if not session.pending:
                     return "idle"
-                replies, work = [], session.prepare_flush()
+                replies, work = session.prepare_flush()
             except ProtocolError as exc:
                 replies, work = [session.refuse(exc)], None
             else:

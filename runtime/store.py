@@ -54,8 +54,10 @@ class PackageStore:
         self._open.pop(name, None)
 
     @property
-    def default(self) -> str:
-        return self.names()[0]
+    def default(self) -> str | None:
+        """The first package on offer; None when every package was unloaded."""
+        names = self.names()
+        return names[0] if names else None
 
     def folder(self, name: str) -> Path:
         """The folder of package ``name``.

@@ -223,6 +223,8 @@ class LipsyncService(pb_grpc.LipsyncServicer):
         for name in self.store.names():
             try:
                 infos.append(await asyncio.to_thread(self._info, name))
+            except KeyError:                                 # unloaded since it was listed
+                continue
             except LipsyncError as exc:                      # a broken package is left out of the list
                 log.warning("ListPackages: %s: %s", name, exc)
         return pb.ListPackagesReply(packages=infos)

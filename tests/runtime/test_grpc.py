@@ -5,6 +5,7 @@ beside them, and the Prometheus text parser on /metrics."""
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import re
 import signal
@@ -21,7 +22,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from runtime.client import Client, ServerError, Unreachable, window_around
-from runtime.protocol import CHUNK_MS, Error, ErrorCode, Frame, float32_to_pcm
+from runtime.protocol import CHUNK_MS, AudioChunk, Error, ErrorCode, Frame, float32_to_pcm
 from runtime.rpc import codegen
 from runtime.rpc import lipsync_pb2 as pb
 from runtime.rpc import lipsync_pb2_grpc as pb_grpc
@@ -473,3 +474,104 @@ def test_the_client_stops_sending_and_reports_the_servers_status(packages_dir, s
     assert {code for code, _ in ends} == {grpc.StatusCode.RESOURCE_EXHAUSTED}, ends
     assert all("larger than max" in details for _, details in ends)
     assert loaded == [150, 150] and healthy["status"] == "ok"
+
+
+def test_unloading_a_package_leaves_its_live_sessions_running(packages_dir, speech):
+    """UnloadPackage while a websocket and a gRPC session stream on that package: neither session is
+    closed; their next chunks get UNKNOWN_PACKAGE, and after a switch they get frames again. With every
+    package unloaded a new session is answered UNKNOWN_PACKAGE (not closed) and /health says 503."""
+    clip = speech[RATE * 3:RATE * 4]
+    pcm = float32_to_pcm(clip, 1)
+    step = 2 * STEP                                                    # int16 bytes per chunk
+    with running_server(packages_dir, grpc_port=0) as srv:
+        async def go():
+            async with GrpcClient(grpc_url(srv)) as admin, Client(srv.ws, package="face1") as ws:
+                async with grpc.aio.insecure_channel(f"127.0.0.1:{srv.server.grpc_port}") as ch:
+                    call = pb_grpc.LipsyncStub(ch).Stream()
+
+                    async def grpc_chunk(seq, package=""):
+                        await call.write(pb.StreamRequest(audio=pb.AudioChunk(
+                            seq=seq, sample_rate=RATE, package=package, pcm=pcm[(seq % 25) * step:(seq % 25 + 1) * step])))
+
+                    async def ws_chunk(seq):
+                        await ws.send(AudioChunk(seq=seq, sample_rate=RATE, pcm=pcm[(seq % 25) * step:(seq % 25 + 1) * step]))
+
+                    for k in range(5):                                  # both sessions stream on face1
+                        await grpc_chunk(k, "face1")
+                        await ws_chunk(k)
+                    await asyncio.sleep(0.5)                            # answered (flushed after 120 ms)
+                    await admin.unload("face1")
+                    for k in range(5, 8):                               # face1 is gone: errors, no close
+                        await grpc_chunk(k)
+                        await ws_chunk(k)
+                    await asyncio.sleep(0.5)
+                    await grpc_chunk(8, "anchor")                       # switch: frames again
+                    await ws.switch("anchor")
+                    await ws_chunk(8)
+                    await asyncio.sleep(0.5)
+                    await call.done_writing()
+                    grpc_replies = [r async for r in call]
+                    ws_replies = []
+                    while True:
+                        try:
+                            ws_replies.append(await ws.recv(timeout=0.5))
+                        except (asyncio.TimeoutError, TimeoutError):
+                            break
+                    code = await call.code()
+
+                    await admin.unload("anchor")                        # nothing left on offer
+                    status, body, _ = srv.get("/health")
+                    async with Client(srv.ws) as fresh:
+                        await fresh.send(AudioChunk(seq=1, sample_rate=RATE, pcm=pcm[:step]))
+                        empty = await fresh.recv(timeout=5)
+                    names = [p.name for p in await admin.packages()]
+                    await admin.load("anchor")
+                    return grpc_replies, code, ws_replies, status, json.loads(body), empty, names
+
+        grpc_replies, code, ws_replies, status, health, empty, names = run(go())
+        after = srv.json("/health")
+
+    def summary(replies):
+        out = []
+        for r in replies:
+            if isinstance(r, Frame):
+                out.append(("frame", r.seq, None))
+            elif isinstance(r, Error):
+                out.append(("error", r.seq, ErrorCode(r.code).name))
+            elif r.WhichOneof("message") == "frame":
+                out.append(("frame", r.frame.seq, None))
+            elif r.WhichOneof("message") == "error":
+                out.append(("error", r.error.seq, r.error.name))
+        return out
+
+    expected = [("frame", k, None) for k in range(5)] + [("error", k, "UNKNOWN_PACKAGE") for k in range(5, 8)] \
+        + [("frame", 8, None)]
+    assert summary(grpc_replies) == expected and code == grpc.StatusCode.OK, summary(grpc_replies)
+    assert summary(ws_replies) == expected, summary(ws_replies)
+    assert status == 503 and health["status"] == "no packages" and health["packages"] == 0
+    assert isinstance(empty, Error) and empty.code == ErrorCode.UNKNOWN_PACKAGE and "load one" in empty.text
+    assert names == []
+    assert after["status"] == "ok" and after["packages"] == 1
+
+
+def test_list_packages_during_unload_and_load_cycles(packages_dir):
+    """ListPackages answers every time while another client unloads and loads a package 100 times."""
+    with running_server(packages_dir, grpc_port=0) as srv:
+        async def go():
+            async with GrpcClient(grpc_url(srv)) as a, GrpcClient(grpc_url(srv)) as b:
+                async def cycle():
+                    for _ in range(100):
+                        await a.unload("face1")
+                        await a.load("face1")
+
+                async def lister():
+                    seen = []
+                    for _ in range(200):
+                        seen.append(sorted(p.name for p in await b.packages()))
+                    return seen
+
+                _, seen = await asyncio.gather(cycle(), lister())
+                return seen
+
+        seen = run(go())
+    assert len(seen) == 200 and all(s in (["anchor"], ["anchor", "face1"]) for s in seen)

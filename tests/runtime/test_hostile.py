@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import socket
 import time
 import urllib.request
 
@@ -14,6 +15,8 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from runtime.protocol import StatsRequest, encode
 from runtime.server import CLOSE_IDLE, CLOSE_UNREAD
+
+from tests.conftest import link_package
 
 from .conftest import running_server
 
@@ -203,3 +206,76 @@ def test_fuzzed_messages_get_answers_and_the_session_goes_on(server, speech):
     assert replies > 1000
     assert seqs == list(range(1000, 1008))
     assert server.json("/health")["status"] == "ok"
+
+
+def _raw_http(port: int, request: bytes, read: bool = True) -> tuple[int, bytes] | socket.socket:
+    """Send ``request`` as it is; the status and body, or (read=False) the socket, never read."""
+    s = socket.create_connection(("127.0.0.1", port), timeout=10)
+    s.sendall(request)
+    if not read:
+        return s
+    data = b""
+    with s:
+        while chunk := s.recv(65536):
+            data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    return int(head.split()[1]), body
+
+
+def test_video_downloads_without_a_range_hold_no_memory(server, packages_dir):
+    """60 GETs of a 6 MB video.mp4 without a Range header, none of them read: the server answers each
+    with a short 400 that says to ask in parts, so its memory does not grow by the file's size each."""
+    port = server.server.port
+    before = rss_mb()
+    sockets = [_raw_http(port, f"GET /packages/anchor/video HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n\r\n".encode(),
+                         read=False) for _ in range(60)]
+    time.sleep(1.0)
+    grown = rss_mb() - before
+    for s in sockets:
+        s.close()
+    status, body = _raw_http(port, f"GET /packages/anchor/video HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n"
+                                   "Connection: close\r\n\r\n".encode())
+    assert status == 400 and b"Range header" in body
+    assert grown < 50, f"{grown:.0f} MB for 60 unread downloads (the old code: one whole file each, 360 MB)"
+
+
+def test_bad_headers_and_ranges_get_4xx_not_500(server, packages_dir):
+    port = server.server.port
+    host = f"Host: 127.0.0.1:{port}\r\n"
+    size = (packages_dir / "anchor" / "video.mp4").stat().st_size
+    cases = {
+        "two Host headers": (f"GET /health HTTP/1.1\r\n{host}{host}Connection: close\r\n\r\n", 400),
+        "two Origin headers": (f"GET /ws HTTP/1.1\r\n{host}Origin: http://a\r\nOrigin: http://b\r\n"
+                               "Connection: close\r\n\r\n", 400),
+        "5,000-digit range": (f"GET /packages/anchor/video HTTP/1.1\r\n{host}Range: bytes={'9' * 5000}-\r\n"
+                              "Connection: close\r\n\r\n", 416),
+        "several ranges": (f"GET /packages/anchor/video HTTP/1.1\r\n{host}Range: bytes=0-1,5-9\r\n"
+                           "Connection: close\r\n\r\n", 416),
+        "overlapping ranges": (f"GET /packages/anchor/video HTTP/1.1\r\n{host}Range: bytes=0-100,50-150\r\n"
+                               "Connection: close\r\n\r\n", 416),
+        "other units": (f"GET /packages/anchor/video HTTP/1.1\r\n{host}Range: frames=0-1\r\n"
+                        "Connection: close\r\n\r\n", 416),
+    }
+    got = {name: _raw_http(port, request.encode())[0] for name, (request, _) in cases.items()}
+    assert got == {name: want for name, (_, want) in cases.items()}
+    status, _, headers = server.get("/packages/anchor/video", {"Range": "bytes=0-1,5-9"})
+    assert status == 416 and headers["Content-Range"] == f"bytes */{size}"
+    assert server.json("/health")["status"] == "ok"                 # and the server goes on
+
+
+def test_a_package_added_later_cannot_serve_a_linked_video(built, tmp_path):
+    """In folder mode a package folder that appears after start, whose video.mp4 is a link to a file
+    outside it, is not served that file."""
+    root = tmp_path / "served"
+    link_package(built("German_20s").path, root / "anchor")
+    secret = tmp_path / "secret.txt"
+    secret.write_text("not for the web")
+    with running_server(root) as srv:
+        late = root / "late"
+        late.mkdir()
+        (late / "manifest.json").write_text("{}")
+        (late / "video.mp4").symlink_to(secret)
+        status, body, _ = srv.get("/packages/late/video")
+        assert status == 404 and b"not for the web" not in body
+        status, body, _ = srv.get("/packages/late/video", {"Range": "bytes=0-3"})
+        assert status == 404 and b"not for the web" not in body

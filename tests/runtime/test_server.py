@@ -221,8 +221,12 @@ def test_http_routes(server, packages_dir):
     assert [p["name"] for p in listing] == ["anchor", "face1"]
     assert listing[0]["frames"] == 500 and listing[0]["fps"] == 25.0
     video = (packages_dir / "anchor" / "video.mp4").read_bytes()
-    status, body, headers = server.get("/packages/anchor/video")
-    assert status == 200 and body == video and headers["Content-Type"] == "video/mp4"
+    status, body, headers = server.get("/packages/anchor/video")          # 6 MB: in parts only
+    assert status == 400 and b"Range" in body, body
+    small = (packages_dir / "face1" / "video.mp4").read_bytes()
+    assert len(small) <= 4 << 20
+    status, body, headers = server.get("/packages/face1/video")           # a short one: whole
+    assert status == 200 and body == small and headers["Content-Type"] == "video/mp4"
     status, body, headers = server.get("/packages/anchor/video", {"Range": "bytes=100-199"})
     assert status == 206 and body == video[100:200]
     assert headers["Content-Range"] == f"bytes 100-199/{len(video)}"

@@ -152,7 +152,10 @@ def run_inprocess(package: Package, audio16k: np.ndarray, generator: str,
             feat_ms = (time.perf_counter() - t0) * 1e3
             works = [work] if work is not None else []
             if i == n - 1:
-                works += [w for w in [session.prepare_flush()] if w is not None]
+                flushed, last = session.prepare_flush()
+                if flushed:
+                    raise RuntimeError(f"the session answered {flushed[0]}")
+                works += [last] if last is not None else []
             for w in works:
                 rendered = renderers.render([w.job])[0]
                 if isinstance(rendered, BaseException):
