@@ -133,15 +133,17 @@ async def run_session(session: Session, receive: Callable[[], Awaitable[Message]
 
 async def run_connection(session: Session, transport: str, peer: str, queue: OutQueue,
                          receive: Callable[[], Awaitable[Message]], write: Callable[[Any], Awaitable[None]],
-                         encode: Callable[[Message], Any], pool: WorkerPool, options: ServeOptions) -> str:
+                         encode: Callable[[Message], Any], pool: WorkerPool, options: ServeOptions,
+                         stopping: asyncio.Event | None = None) -> str:
     """One session from open to end, for any transport; returns how it ended.
 
     ``receive`` gives the next message (:class:`Closed` when the peer is gone), ``write``
     sends one encoded reply (:class:`Closed` when it cannot). Counts the session in the
     metrics while it runs. Returns "closed" (the peer closed, or its stream of requests
-    ended: the replies left are sent first), "idle" (nothing for ``idle_timeout_s``) or
-    "unread" (``queue_replies`` control replies left unread); the transport then closes
-    in its own way (close code, gRPC status).
+    ended: the replies left are sent first), "idle" (nothing for ``idle_timeout_s``),
+    "unread" (``queue_replies`` control replies left unread) or "shutdown" (``stopping``
+    was set: the server is stopping; the replies already queued are sent first, for up to
+    ``drain_s``); the transport then closes in its own way (close code, gRPC status).
     """
     metrics = session.metrics
     receiving = asyncio.Event()
@@ -165,10 +167,17 @@ async def run_connection(session: Session, transport: str, peer: str, queue: Out
     receiver = asyncio.create_task(run_session(session, receive, queue, encode, pool, options, transport, peer))
     sender = asyncio.create_task(send())
     overflow = asyncio.create_task(queue.overflow.wait())
+    stop = asyncio.create_task(stopping.wait() if stopping is not None else asyncio.Event().wait())
     end = "closed"
     try:
-        await asyncio.wait({receiver, sender, overflow}, return_when=asyncio.FIRST_COMPLETED)
-        if overflow.done():
+        await asyncio.wait({receiver, sender, overflow, stop}, return_when=asyncio.FIRST_COMPLETED)
+        if stop.done() and not receiver.done():
+            end = "shutdown"
+            receiver.cancel()
+            receiving.clear()                                 # send what is queued, then end
+            queue.ready.set()
+            await asyncio.wait({sender}, timeout=options.drain_s)
+        elif overflow.done():
             end = "unread"
             metrics.count("closed_unread")
             log.warning("%s session from %s closed: %d replies left unread", transport, peer, options.queue_replies)
@@ -184,7 +193,7 @@ async def run_connection(session: Session, transport: str, peer: str, queue: Out
             sender.result()                                   # the writes stopped: the peer is gone, or why not
         return end
     finally:
-        for task in (receiver, sender, overflow):
+        for task in (receiver, sender, overflow, stop):
             task.cancel()
         if sender.done() and not sender.cancelled():
             sender.exception()                                # seen: a failed write while draining ends nothing

@@ -33,7 +33,9 @@ from . import lipsync_pb2_grpc as pb_grpc
 log = logging.getLogger("lipsync.grpc")
 
 SERVICE = "lipsync.v1.Lipsync"
-MAX_BATCH = 256                       # windows in one GenerateBatch
+# Windows in one GenerateBatch: 48 windows of 640 ms of 16 kHz int16 PCM (20 kB each) fit the
+# 1 MiB message limit with room for the rest; at higher rates or float32 fewer fit.
+MAX_BATCH = 48
 # protocol error code -> gRPC status code (docs/grpc.md has the table)
 STATUS = {
     ErrorCode.MALFORMED: grpc.StatusCode.INVALID_ARGUMENT,
@@ -135,6 +137,10 @@ class LipsyncService(pb_grpc.LipsyncServicer):
         self.options = server.config
         # Window mode keeps no state in a session: one serves every Generate call.
         self.windows = Session(self.store, self.metrics)
+        # Batch windows are prepared and rendered a few at a time (one per render process), so a
+        # flood of batches waits its turn behind real-time sessions instead of filling every pipe.
+        self.batch_slots = asyncio.Semaphore(max(1, server.pool.n))
+        self.stopping = asyncio.Event()            # set by stop(): open streams end with UNAVAILABLE
 
     async def _abort(self, context, exc: ProtocolError | LipsyncError):
         code = exc.code if isinstance(exc, ProtocolError) else ErrorCode.INTERNAL
@@ -161,8 +167,10 @@ class LipsyncService(pb_grpc.LipsyncServicer):
             return to_message(req)
 
         end = await run_connection(session, "grpc", context.peer(), queue, receive, context.write, to_reply,
-                                   self.server.pool, self.options)
-        if end == "unread":
+                                   self.server.pool, self.options, self.stopping)
+        if end == "shutdown":
+            await context.abort(grpc.StatusCode.UNAVAILABLE, "server shutting down; connect again")
+        elif end == "unread":
             await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED,
                                 f"{self.options.queue_replies} replies unread; read what the server sends")
         elif end == "idle":
@@ -191,9 +199,13 @@ class LipsyncService(pb_grpc.LipsyncServicer):
             self.metrics.error(ErrorCode.TOO_BIG.name)
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
                                 f"{len(request.windows)} windows in one GenerateBatch; send at most {MAX_BATCH}")
-        received = time.perf_counter()
-        replies = await asyncio.gather(*(self._window(w, received) for w in request.windows))
+        replies = await asyncio.gather(*(self._batched(w) for w in request.windows))
         return pb.GenerateBatchReply(results=[to_reply(r) for r in replies])
+
+    async def _batched(self, w: pb.WindowRequest) -> Frame | Error:
+        """One window of a batch, in its turn (``server_us`` counts from then: batches are not real time)."""
+        async with self.batch_slots:
+            return await self._window(w, time.perf_counter())
 
     # ------------------------------------------------------------ packages
     def _info(self, name: str) -> pb.PackageInfo:
@@ -286,4 +298,7 @@ async def stop(g: grpc.aio.Server, grace_s: float) -> None:
     checker = getattr(g, "lipsync_health", None)
     if checker is not None:
         await checker.enter_graceful_shutdown()
+    service = getattr(g, "lipsync_service", None)
+    if service is not None:
+        service.stopping.set()                    # each open stream sends what it has queued, then UNAVAILABLE
     await g.stop(grace_s)
