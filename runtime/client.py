@@ -24,7 +24,7 @@ from websockets.exceptions import InvalidStatus
 from . import __version__, jpeg
 from .errors import InputError, LipsyncError
 from .features import SAMPLE_RATE
-from .protocol import (CHUNK_MS, MAX_MESSAGE_BYTES, WINDOW_MS, AudioChunk, Capabilities, Error, Frame,
+from .protocol import (CHUNK_MS, MAX_MESSAGE_BYTES, WINDOW_MS, AudioChunk, Capabilities, Error, ErrorCode, Frame,
                        Hello, Message, SampleFormat, Stats, StatsRequest, SwitchPackage, WindowRequest,
                        decode, decode_json, encode_as, float32_to_pcm)
 
@@ -67,6 +67,7 @@ class BaseClient:
     """What the websocket and the gRPC client share: ``async with``, seq numbers, 40 ms chunks."""
 
     _seq = 0
+    lost: list          # ERROR INTERNAL answers to chunks of a stream: frames the server could not render
 
     async def __aenter__(self):
         await self.connect()
@@ -112,6 +113,7 @@ class Client(BaseClient):
         self.timeout, self.max_size, self.ssl = timeout, max_size, ssl
         self.ws = None
         self.capabilities: Capabilities | None = None
+        self.lost: list[Error] = []
 
     async def connect(self) -> Capabilities:
         try:
@@ -184,7 +186,10 @@ class Client(BaseClient):
         The last partial chunk is padded with silence. With ``realtime``, chunks
         are paced at one per 40 ms, as a microphone would send them; otherwise as
         fast as the server answers. The round trip is from sending a chunk to
-        receiving its frame, so it includes the server's look-ahead wait.
+        receiving its frame, so it includes the server's look-ahead wait. A frame the
+        server could not render (ERROR INTERNAL: a render process died, say) is left
+        out and kept in ``self.lost``; the session goes on. Any other ERROR raises
+        ServerError.
         """
         pieces = self.chunks(samples, rate)
         n = len(pieces)
@@ -208,7 +213,13 @@ class Client(BaseClient):
             while True:
                 msg = await self.recv()
                 if isinstance(msg, Error):
-                    raise ServerError(msg)
+                    if msg.code != ErrorCode.INTERNAL:
+                        raise ServerError(msg)
+                    self.lost.append(msg)                 # that frame is lost, the stream goes on
+                    sent.pop(msg.seq, None)
+                    if msg.seq == last_seq:
+                        break
+                    continue
                 if isinstance(msg, Frame):
                     # a server under back-pressure drops the oldest frames: those seqs never come
                     yield msg, time.perf_counter() - sent.pop(msg.seq, time.perf_counter())

@@ -156,8 +156,8 @@ class Session:
 
     def finish(self, work: Work, rendered: list[Rendered] | BaseException) -> list[Message]:
         """FRAME messages for rendered Work (ERROR if rendering failed); counts them in the metrics."""
-        if isinstance(rendered, BaseException):
-            return [self._error(ErrorCode.INTERNAL, f"server error: {rendered}", work.seqs[0])]
+        if isinstance(rendered, BaseException):          # each frame it held is answered, so none is awaited forever
+            return [self._error(ErrorCode.INTERNAL, f"server error: {rendered}", seq) for seq in work.seqs]
         if work.stream and work.job.package == self.package:
             self.state = work.job.state             # a render process sends back its updated copy
         us = int((time.perf_counter() - work.started) * 1e6)

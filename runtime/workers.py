@@ -39,6 +39,8 @@ from .threads import Plan, environment, limit_this_process, plan
 
 log = logging.getLogger("lipsync.workers")
 START_TIMEOUT_S = 60.0
+FAILOVER_S = 1.0             # a job not back by then goes to another render process (the first is marked stalled)
+STALLED_KILL_S = 60.0        # a render process silent this long with work given is killed and replaced
 GATHER = 16                  # jobs a render process takes at once, so frames of several sessions share a batch
 
 
@@ -94,6 +96,7 @@ class Worker:
     conn: object
     waiting: dict = field(default_factory=dict)       # job id -> future
     alive: bool = True
+    stalled_since: float | None = None                # monotonic time of a missed FAILOVER_S, until it answers
 
 
 class WorkerPool:
@@ -165,6 +168,10 @@ class WorkerPool:
 
     def _deliver(self, worker: Worker, result: tuple) -> None:
         job_id, rendered, state, error, together = result
+        if worker.stalled_since is not None:
+            log.info("render process %d answers again after %.1f s", worker.index,
+                     time.monotonic() - worker.stalled_since)
+            worker.stalled_since = None
         if job_id == together[0]:                      # the batch's first result: count the batch once
             self.batches[len(together)] = self.batches.get(len(together), 0) + 1
             self.mixed_batches += len({self._transport.get(j) for j in together}) > 1
@@ -203,14 +210,42 @@ class WorkerPool:
 
         ``transport`` ("websocket", "grpc") labels the job for the batch counts.
 
-        ``job.state`` is replaced by the state the render process sends back.
-        Raises WorkerDied when no process is running or the one rendering exits,
-        RenderFailed when the process could not render it.
+        ``job.state`` is replaced by the state the render process sends back. A job
+        not back within FAILOVER_S is sent to another live process, and the first is
+        passed over until it answers again (a process stopped or stuck in native
+        code must not freeze its sessions); one that stays silent for STALLED_KILL_S
+        is killed and replaced. Raises WorkerDied when no process is running or the
+        one rendering exits (or is replaced), RenderFailed when the process could not
+        render it.
         """
-        live = [w for w in self.workers if w.alive]
-        if not live:
-            raise WorkerDied("no render process is running; a new one is starting, retry shortly")
-        worker = min(live, key=lambda w: len(w.waiting))
+        self._replace_silent()
+        tried: set[int] = set()
+        while True:
+            live = [w for w in self.workers if w.alive]
+            if not live:
+                raise WorkerDied("no render process is running; a new one is starting, retry shortly")
+            fresh = [w for w in live if w.stalled_since is None and w.index not in tried]
+            worker = min(fresh or [w for w in live if w.index not in tried] or live, key=lambda w: len(w.waiting))
+            job_id, fut = self._send(worker, job, transport)
+            others = [w for w in live if w is not worker and w.stalled_since is None and w.index not in tried]
+            try:
+                rendered, job.state = await asyncio.wait_for(asyncio.shield(fut),
+                                                             FAILOVER_S if others else STALLED_KILL_S)
+                return rendered
+            except TimeoutError:
+                worker.waiting.pop(job_id, None)           # a late answer is dropped
+                self._transport.pop(job_id, None)
+                if not others:                             # nobody to hand it to, and silent all this time
+                    self._kill(worker, f"no answer in {STALLED_KILL_S:.0f} s")
+                    raise WorkerDied(f"render process {worker.index} did not answer in {STALLED_KILL_S:.0f} s; "
+                                     "it is replaced") from None
+                if worker.stalled_since is None:
+                    worker.stalled_since = time.monotonic()
+                    log.warning("render process %d has not answered in %.1f s; its jobs go to the others",
+                                worker.index, FAILOVER_S)
+                tried.add(worker.index)
+
+    def _send(self, worker: Worker, job: RenderJob, transport: str):
         self._next_job += 1
         job_id = self._next_job
         fut = self._loop.create_future()
@@ -222,8 +257,22 @@ class WorkerPool:
             worker.waiting.pop(job_id, None)
             self._transport.pop(job_id, None)
             raise WorkerDied(f"render process {worker.index}: {exc}") from None
-        rendered, job.state = await fut
-        return rendered
+        return job_id, fut
+
+    def _replace_silent(self) -> None:
+        """Kill the render processes passed over for STALLED_KILL_S (their reader thread replaces them)."""
+        now = time.monotonic()
+        for w in self.workers:
+            if w.alive and w.stalled_since is not None and now - w.stalled_since > STALLED_KILL_S:
+                self._kill(w, f"silent for {now - w.stalled_since:.0f} s")
+
+    def _kill(self, worker: Worker, why: str) -> None:
+        log.error("render process %d: %s; killing it", worker.index, why)
+        worker.stalled_since = None
+        try:
+            worker.process.kill()
+        except (OSError, AttributeError):
+            pass
 
     async def stop(self) -> None:
         self._closing = True

@@ -73,6 +73,7 @@ class GrpcClient(BaseClient):
         self.channel = None
         self.stub = None
         self.capabilities = None
+        self.lost: list[Error] = []
 
     async def connect(self):
         options = [("grpc.max_receive_message_length", 64 << 20), ("grpc.max_send_message_length", self.max_size)]
@@ -146,7 +147,8 @@ class GrpcClient(BaseClient):
 
         As :meth:`runtime.client.Client.stream`: the last partial chunk is padded
         with silence; ``realtime`` paces one chunk per 40 ms. An ERROR in the
-        stream raises ServerError. When the server ends the call first (idle,
+        stream raises ServerError, but for ERROR INTERNAL (a frame the server could
+        not render), which is kept in ``self.lost``. When the server ends the call first (idle,
         replies unread, shutdown), sending stops and its status is raised as
         ``grpc.aio.AioRpcError``; a call it ends with OK just ends the frames.
         """
@@ -183,7 +185,13 @@ class GrpcClient(BaseClient):
                     break
                 kind = reply.WhichOneof("message")
                 if kind == "error":
-                    raise ServerError(from_pb_error(reply.error))
+                    error = from_pb_error(reply.error)
+                    if error.code != ErrorCode.INTERNAL:
+                        raise ServerError(error)
+                    self.lost.append(error)               # a frame the server could not render; go on
+                    sent.pop(error.seq, None)
+                    got += 1
+                    continue
                 if kind != "frame":
                     continue
                 frame = from_pb(reply.frame)

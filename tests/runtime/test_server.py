@@ -420,3 +420,57 @@ def test_a_dead_render_process_is_replaced(packages_dir, speech):
         reply, frames = run(go())
     assert reply is None or (isinstance(reply, Error) and reply.code == ErrorCode.INTERNAL)
     assert len(frames) == 10
+
+
+def test_a_stopped_render_process_does_not_freeze_its_sessions(packages_dir, speech):
+    """SIGSTOP one of two render processes for 4 s while two sessions stream in real time: its jobs go
+    to the other process after a second, every frame arrives, and it is used again once resumed."""
+    clip = speech[16_000 * 2:16_000 * 8]                                  # 6 s: 150 chunks
+    with running_server(packages_dir, workers=2) as srv:
+        stopped = srv.server.pool.workers[0].process.pid
+
+        async def session():
+            async with Client(srv.ws, package="anchor") as c:
+                got = [(f.seq, rtt) async for f, rtt in c.stream(clip, 16_000, realtime=True)]
+                return got, c.lost
+
+        async def go():
+            sessions = [asyncio.ensure_future(session()) for _ in range(2)]
+            await asyncio.sleep(1.0)
+            os.kill(stopped, signal.SIGSTOP)
+            try:
+                await asyncio.sleep(4.0)
+            finally:
+                os.kill(stopped, signal.SIGCONT)
+            return await asyncio.gather(*sessions)
+
+        results = run(go())
+        time.sleep(0.5)
+        pool = srv.server.pool
+        resumed = pool.workers[0].process.pid == stopped and getattr(pool.workers[0], "stalled_since", None) is None
+    for got, lost in results:
+        assert len(got) == 150 and not lost, (len(got), lost)
+        worst = max(rtt for _, rtt in got)
+        assert worst < 2.5, f"a frame took {worst:.1f} s: the session waited on the stopped process"
+        print(f"slowest round trip {worst * 1e3:.0f} ms")
+    assert resumed and pool.restarts == 0
+
+
+def test_the_client_stream_goes_on_past_a_lost_frame(packages_dir, speech):
+    """The only render process is killed mid-stream: the frames it held are answered ERROR INTERNAL,
+    one per frame; Client.stream keeps them in ``lost`` and goes on to the end of the audio."""
+    clip = speech[16_000 * 2:16_000 * 6]                                  # 4 s: 100 chunks
+    with running_server(packages_dir, workers=1) as srv:
+        async def go():
+            async with Client(srv.ws, package="anchor") as c:
+                frames = []
+                async for f, _ in c.stream(clip, 16_000, realtime=True):
+                    frames.append(f.seq)
+                    if len(frames) == 25:
+                        srv.server.pool.workers[0].process.kill()
+                return frames, c.lost
+
+        frames, lost = run(go())
+    assert lost and all(e.code == ErrorCode.INTERNAL for e in lost)
+    assert len(frames) + len(lost) == 100 and len(frames) > 50, (len(frames), len(lost))
+    assert sorted(frames + [e.seq for e in lost]) == list(range(frames[0], frames[0] + 100))
