@@ -51,7 +51,27 @@ def _video_linked_outside(pkg: Path) -> str:
     return "video.mp4"
 
 
-DAMAGES = [_flip_header_byte, _truncate_mel, _unreadable_weights_the_manifest_lists, _video_linked_outside]
+def _nan_landmarks(pkg: Path) -> str:
+    """Values damaged in place: same size and header, so only a look at the values shows it."""
+    import numpy as np
+
+    lm = np.load(pkg / "landmarks.npy")
+    lm[123, 50] = np.nan
+    np.save(pkg / "landmarks.npy", lm)
+    return "landmarks.npy"
+
+
+def _mel_out_of_range(pkg: Path) -> str:
+    import numpy as np
+
+    mel = np.load(pkg / "mel.npy")
+    mel[400:410] = 3.0e38                             # a flipped exponent byte, say
+    np.save(pkg / "mel.npy", mel)
+    return "mel.npy"
+
+
+DAMAGES = [_flip_header_byte, _truncate_mel, _unreadable_weights_the_manifest_lists, _video_linked_outside,
+           _nan_landmarks, _mel_out_of_range]
 
 
 @pytest.fixture(params=DAMAGES, ids=lambda f: f.__name__.strip("_"))
