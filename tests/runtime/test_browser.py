@@ -167,7 +167,16 @@ PIXELS_JS = """async () => {
   const info = (await (await fetch('/packages')).json()).find((p) => p.name === pkg);
   const video = document.createElement('video');
   video.muted = true;
-  video.src = URL.createObjectURL(await (await fetch(info.video)).blob());
+  // the whole video, in the Range parts the server answers (a long video is never sent in one piece)
+  const parts = [];
+  for (let start = 0, total = Infinity; start < total;) {
+    const res = await fetch(info.video, { headers: { Range: `bytes=${start}-` } });
+    const part = new Uint8Array(await res.arrayBuffer());
+    total = Number(/\/(\d+)$/.exec(res.headers.get('Content-Range'))[1]);
+    parts.push(part);
+    start += part.length;
+  }
+  video.src = URL.createObjectURL(new Blob(parts, { type: 'video/mp4' }));
   await new Promise((r) => video.addEventListener('loadeddata', r, { once: true }));
   await new Promise((r) => { video.addEventListener('seeked', r, { once: true });
                              video.currentTime = (painted.base + 0.5) / info.fps; });
