@@ -270,6 +270,10 @@ class _Writes:
         try:
             reply = await self.call.read()
         except grpc.aio.AioRpcError as exc:
+            if self.failed_write and self.status in (None, grpc.StatusCode.INTERNAL):
+                # Our failed write's INTERNAL came first; the server's status is set once it is read.
+                await asyncio.sleep(0.2)
+                self.status, self.details = await self.call.code(), await self.call.details()
             raise self._server_status(exc) from None
         if reply is not grpc.aio.EOF:
             return reply
