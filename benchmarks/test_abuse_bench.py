@@ -148,29 +148,9 @@ async def _downloads(http_port: int, until: float) -> int:
     return n
 
 
-def _server_pid(http_port: int) -> int:
-    """The lipsync-serve process listening on ``http_port`` (from /proc/net/tcp and the fd links)."""
-    inode = None
-    for line in open("/proc/net/tcp").read().splitlines()[1:]:
-        parts = line.split()
-        if int(parts[1].split(":")[1], 16) == http_port and parts[3] == "0A":
-            inode = parts[9]
-    import os
-
-    for pid in filter(str.isdigit, os.listdir("/proc")):
-        try:
-            for fd in os.listdir(f"/proc/{pid}/fd"):
-                if os.readlink(f"/proc/{pid}/fd/{fd}") == f"socket:[{inode}]":
-                    return int(pid)
-        except OSError:
-            continue
-    raise RuntimeError(f"no process listens on {http_port}")
-
-
 @pytest.mark.parametrize("seconds", [SECONDS])
 def test_mixed_abuse_beside_real_time_sessions(benchmark, server, seconds):  # noqa: F811
-    http_port = int(server["websocket"].split(":")[2].split("/")[0])
-    pid = _server_pid(http_port)
+    http_port, pid = server["http_port"], server["pid"]
 
     async def go():
         unloaded = await asyncio.gather(*(_realtime(server["websocket"], 10, 2 + 2 * i) for i in range(4)))

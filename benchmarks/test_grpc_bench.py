@@ -56,7 +56,8 @@ def server(built, tmp_path_factory):
             if select.select([proc.stdout], [], [], 1.0)[0]:
                 line = proc.stdout.readline()
         http, grpc_port = (int(g) for g in READY.search(line).groups())
-        yield {"websocket": f"ws://127.0.0.1:{http}/ws", "grpc": f"grpc://127.0.0.1:{grpc_port}"}
+        yield {"websocket": f"ws://127.0.0.1:{http}/ws", "grpc": f"grpc://127.0.0.1:{grpc_port}", "http_port": http,
+               "pid": proc.pid}
     finally:
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(15) == 0, log.read_text()[-2000:]

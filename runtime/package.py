@@ -159,8 +159,8 @@ class Package:
             values = np.asarray(self.array(name), dtype=np.float32)
             bad = ~np.isfinite(values) | (values < lo) | (values > hi)
             if bad.any():
-                row = int(np.argwhere(bad)[0][0])
-                value = values.reshape(len(values), -1)[row][bad.reshape(len(values), -1)[row]][0]
+                first = tuple(np.argwhere(bad)[0])
+                row, value = int(first[0]), values[first]
                 raise PackageError(f"{self.root / (name + '.npy')}: row {row} holds {value:g}, outside "
                                    f"[{lo:g}, {hi:g}] {unit}; the file is damaged: run `lipsync-pack verify "
                                    f"{self.root}` and rebuild")

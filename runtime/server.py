@@ -255,8 +255,8 @@ class LipsyncServer:
 
     async def _http(self, conn: ServerConnection, request: Request) -> Response | None:
         for name in SINGLE_HEADERS:
-            if len(request.headers.get_all(name)) > 1:
-                return _json(400, {"error": f"{len(request.headers.get_all(name))} {name} headers; send one"})
+            if (count := len(request.headers.get_all(name))) > 1:
+                return _json(400, {"error": f"{count} {name} headers; send one"})
         url = urlsplit(request.path)
         path, query = url.path, parse_qs(url.query)
         if path == "/health":                  # 503 while no package is offered: nothing can be served
